@@ -109,7 +109,9 @@ class AtomBudgetBatcher:
         pending: list[Graph] = []
         atoms = edges = 0
         for g in graphs:
-            if pending and not self._fits(atoms + g.num_atoms, edges + g.num_edges, len(pending) + 1):
+            if pending and not self._fits(
+                atoms + g.num_atoms, edges + g.num_edges, len(pending) + 1
+            ):
                 yield pending
                 pending, atoms, edges = [], 0, 0
             if not pending and not self._fits(g.num_atoms, g.num_edges, 1):

@@ -1,0 +1,326 @@
+"""Raw DFT files -> WebDataset shards, manifest and statistics.
+
+    python -m data_pipelines.convert INPUT... --out DIR [--format auto|...]
+        [--shard-size N] [--split train=0.9,val=0.05,test=0.05] [--seed S]
+        [--name NAME] [--skip-invalid] [reader options]
+
+Writes DIR/<split>/shard-NNNNNN.tar (layout in data_pipelines.shards),
+DIR/stats.json and, last, DIR/manifest.json. Every file is written to a
+temporary name and renamed into place, and an existing manifest is removed
+before anything else, so an interrupted run never leaves a directory that
+looks complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ase.data import atomic_numbers
+from tqdm import tqdm
+
+from data_pipelines import shards
+from data_pipelines.schema import SCHEMA_VERSION, UNITS, DataError, Structure
+from data_pipelines.stats import StatsAccumulator
+
+DEFAULT_SPLITS = {"train": 0.9, "val": 0.05, "test": 0.05}
+MANIFEST = "manifest.json"
+STATS = "stats.json"
+
+
+def parse_splits(text: str) -> dict[str, float]:
+    """'train=0.9,val=0.05,test=0.05' -> dict; fractions must sum to 1."""
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"--split: expected NAME=FRACTION, got '{part}'")
+        out[name.strip()] = float(value)
+    if abs(sum(out.values()) - 1.0) > 1e-9 or any(v < 0 for v in out.values()):
+        raise ValueError(f"--split fractions must be non-negative and sum to 1, got {text}")
+    return out
+
+
+def split_of(key: str, fractions: dict[str, float], seed: int = 0) -> str:
+    """Deterministic split from a hash of the key: independent of file order and of
+    every other structure, so adding files never moves an existing structure."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "little") / 2**64
+    acc = 0.0
+    names = list(fractions)
+    for name in names:
+        acc += fractions[name]
+        if u < acc:
+            return name
+    return names[-1]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _SplitWriter:
+    """Fills equal-sized shards of one split, pack by pack."""
+
+    def __init__(self, out_dir: Path, split: str, shard_size: int, pack_size: int, cutoff):
+        self.dir = out_dir / split
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.split = split
+        self.shard_size = shard_size
+        self.pack_size = pack_size
+        self.shards: list[dict] = []
+        self.stats = StatsAccumulator(cutoff)
+        self._pack: list[Structure] = []
+        self._writer: shards.ShardWriter | None = None
+        self._file = None
+        self._count = 0
+        self._atoms = 0
+        self._packs = 0
+
+    def add(self, s: Structure) -> None:
+        self.stats.add(s)
+        self._pack.append(s)
+        self._count += 1
+        self._atoms += s.num_atoms
+        if len(self._pack) == self.pack_size or self._count == self.shard_size:
+            self._flush_pack()
+        if self._count == self.shard_size:
+            self._close_shard()
+
+    def _flush_pack(self) -> None:
+        if not self._pack:
+            return
+        if self._writer is None:
+            self._tmp = self.dir / f"shard-{len(self.shards):06d}.tar.tmp"
+            self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in _close_shard
+            self._writer = shards.ShardWriter(self._file)
+        self._writer.add(
+            f"s{len(self.shards):06d}p{self._packs:06d}", shards.encode_pack(self._pack)
+        )
+        self._packs += 1
+        self._pack = []
+
+    def _close_shard(self) -> None:
+        self._flush_pack()
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        final = self.dir / f"shard-{len(self.shards):06d}.tar"
+        os.replace(self._tmp, final)
+        self.shards.append(
+            {
+                "file": f"{self.split}/{final.name}",
+                "num_structures": self._count,
+                "num_atoms": self._atoms,
+                "num_packs": self._packs,
+                "bytes": final.stat().st_size,
+                "sha256": sha256_file(final),
+            }
+        )
+        self._writer = None
+        self._count = self._atoms = self._packs = 0
+
+    def finish(self) -> dict:
+        self._close_shard()
+        return {
+            "num_structures": sum(s["num_structures"] for s in self.shards),
+            "num_atoms": sum(s["num_atoms"] for s in self.shards),
+            "num_shards": len(self.shards),
+            "shards": self.shards,
+        }
+
+
+def write_dataset(
+    structures: Iterable[Structure],
+    out_dir: str | Path,
+    *,
+    splits: dict[str, float] | None = None,
+    shard_size: int = 5000,
+    pack_size: int = 64,
+    seed: int = 0,
+    name: str | None = None,
+    level_of_theory: str | None = None,
+    sources: list[dict] | None = None,
+    skip_invalid: bool = False,
+    skipped: Counter | None = None,
+    stats_cutoff: float | None = 5.0,
+    progress: bool = False,
+) -> dict:
+    """Validates, splits and shards a stream of structures; returns the manifest.
+
+    Args:
+        structures: the stream (any iterable; consumed once).
+        out_dir: output directory (created; an old manifest in it is removed first).
+        splits: split name -> fraction; the split of a structure is a hash of
+            info["split_key"] if set (e.g. an MPtrj material), else its source id.
+        shard_size: structures per shard (the last shard of a split may be smaller).
+        pack_size: structures per WebDataset sample.
+        seed: salt of the split hash.
+        skip_invalid: skip structures that fail validation instead of raising;
+            they are counted by reason in the manifest.
+        skipped: counter of records already skipped upstream (by the readers).
+        stats_cutoff: cutoff (A) for the mean neighbour count in stats.json.
+    """
+    splits = dict(splits or DEFAULT_SPLITS)
+    if shard_size < 1 or pack_size < 1:
+        raise ValueError("shard_size and pack_size must be positive")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    skipped = skipped if skipped is not None else Counter()
+    writers = {
+        sp: _SplitWriter(out, sp, shard_size, min(pack_size, shard_size), stats_cutoff)
+        for sp in splits
+    }
+    for old in out.glob("*/shard-*.tar*"):
+        old.unlink()
+    for s in tqdm(structures, desc="convert", unit=" structures", disable=not progress):
+        try:
+            s.validate(file=s.source_id.partition("#")[0], record=s.source_id)
+        except DataError as err:
+            if not skip_invalid:
+                raise
+            skipped[f"{err.field}: {err.reason}"] += 1
+            continue
+        key = s.info.get("split_key", s.source_id)
+        writers[split_of(str(key), splits, seed)].add(s)
+    split_info = {sp: w.finish() for sp, w in writers.items()}
+    stats = {sp: w.stats.result() for sp, w in writers.items()}
+    train_split = "train" if "train" in stats else next(iter(stats))
+    elements = sorted(
+        {el for st in stats.values() for el in st["elements"]}, key=atomic_numbers.__getitem__
+    )
+    _atomic_write_text(
+        out / STATS,
+        json.dumps({"split": train_split, **stats[train_split], "per_split": stats}, indent=1),
+    )
+    atom_counts = Counter()
+    for st in stats.values():
+        atom_counts.update(st["element_counts"])
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "layout": shards.LAYOUT_NAME,
+        "layout_version": shards.LAYOUT_VERSION,
+        "name": name or out.name,
+        "level_of_theory": level_of_theory,
+        "units": UNITS,
+        "sources": sources or [],
+        "split_fractions": splits,
+        "split_seed": seed,
+        "shard_size": shard_size,
+        "pack_size": min(pack_size, shard_size),
+        "elements": elements,
+        "element_atom_counts": dict(atom_counts),
+        "num_structures": sum(v["num_structures"] for v in split_info.values()),
+        "num_atoms": sum(v["num_atoms"] for v in split_info.values()),
+        "splits": split_info,
+        "skipped": {"total": sum(skipped.values()), "by_reason": dict(sorted(skipped.items()))},
+        "stats_file": STATS,
+    }
+    _atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _read_inputs(
+    inputs, fmt, options, skipped: Counter, sources: list[dict]
+) -> Iterator[Structure]:
+    from data_pipelines.sources import detect_format, read_structures
+
+    for path in inputs:
+        actual = detect_format(path) if fmt == "auto" else fmt
+        entry = {"path": str(path), "sha256": sha256_file(path), "format": actual, "num_read": 0}
+        sources.append(entry)
+        for s in read_structures(path, actual, options):
+            entry["num_read"] += 1
+            yield s
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data_pipelines.sources import FORMATS, add_reader_arguments, options_from_args
+
+    p = argparse.ArgumentParser(
+        prog="python -m data_pipelines.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", help="input files")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--format", default="auto", choices=["auto", *FORMATS])
+    p.add_argument("--shard-size", type=int, default=5000, help="structures per shard")
+    p.add_argument("--pack-size", type=int, default=64, help="structures per sample")
+    p.add_argument("--split", default="train=0.9,val=0.05,test=0.05")
+    p.add_argument("--seed", type=int, default=0, help="salt of the split hash")
+    p.add_argument("--name", default=None, help="dataset name (default: the --out folder)")
+    p.add_argument("--level-of-theory", default=None, help="label, e.g. 'PBE/PAW 520 eV'")
+    p.add_argument("--stats-cutoff", type=float, default=5.0, help="A, for neighbour counts")
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="skip (and count) invalid records instead of failing",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    add_reader_arguments(p)
+    args = p.parse_args(argv)
+    for path in args.inputs:
+        if not Path(path).is_file():
+            p.error(f"input file not found: {path}")
+    skipped: Counter = Counter()
+
+    def on_error(err: DataError) -> None:
+        if not args.skip_invalid:
+            raise err
+        skipped[f"{err.field}: {err.reason}"] += 1
+
+    options = options_from_args(args)
+    options.on_error = on_error
+    sources: list[dict] = []
+    try:
+        manifest = write_dataset(
+            _read_inputs(args.inputs, args.format, options, skipped, sources),
+            args.out,
+            splits=parse_splits(args.split),
+            shard_size=args.shard_size,
+            pack_size=args.pack_size,
+            seed=args.seed,
+            name=args.name,
+            level_of_theory=args.level_of_theory,
+            sources=sources,
+            skip_invalid=args.skip_invalid,
+            skipped=skipped,
+            stats_cutoff=args.stats_cutoff,
+            progress=not args.no_progress,
+        )
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        print("(use --skip-invalid to skip and count such records)", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{k} {v['num_structures']}" for k, v in manifest["splits"].items())
+    print(f"wrote {manifest['num_structures']} structures to {args.out} ({counts})")
+    if manifest["skipped"]["total"]:
+        print(f"skipped {manifest['skipped']['total']} invalid records:")
+        for reason, n in manifest["skipped"]["by_reason"].items():
+            print(f"  {n:8d}  {reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Streaming shards into training: exactly once per epoch, resumable mid-epoch.
+
+How one epoch is laid out (all of it a pure function of seed, epoch, rank,
+world size and worker count, so every process agrees without talking):
+
+1. The split's shards are shuffled by (seed, epoch) and their structures,
+   concatenated in that order, form the epoch's sequence of N structures.
+2. The R x K global workers (rank-major, then DataLoader worker) each take one
+   contiguous range of that sequence; range sizes differ by at most one. A
+   worker opens only the shards its range touches and skips whole packs
+   outside it without decoding them.
+3. Each worker shuffles its structures through a buffer seeded by
+   (seed, epoch, global worker), builds neighbour lists (vesin), packs batches
+   by atom and edge budget and collates them.
+4. Each batch carries how many structures its worker has consumed; the
+   loader keeps the latest count per worker as its state. Resuming replays
+   each worker's deterministic stream and skips what was consumed, so batches
+   after a resume are the ones the interrupted run would have produced.
+
+Ranks can end an epoch with different numbers of batches (budgets pack
+differently); `equal_steps` pads the ranks that finish first with zero-weight
+repeats of their last batch, so collective ops never hang, and counts them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data_pipelines import shards
+from data_pipelines.batching import AtomBudgetBatcher, collate, make_graph
+from data_pipelines.schema import DataError, Structure
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def resolve(root: str, relpath: str) -> str:
+    """Location of a dataset file: a local folder, a URL prefix, or a template
+    with '{path}' (e.g. 'pipe:aws s3 cp s3://bucket/ds/{path} -')."""
+    if "{path}" in root:
+        return root.replace("{path}", relpath)
+    if "://" in root or root.startswith("pipe:"):
+        return root.rstrip("/") + "/" + relpath
+    return str(Path(root) / relpath)
+
+
+def open_stream(location: str):
+    if "://" in location or location.startswith("pipe:"):
+        import webdataset as wds
+
+        return wds.gopen(location, "rb")
+    return open(location, "rb")  # noqa: SIM115 - caller closes
+
+
+def load_manifest(root: str) -> dict:
+    location = resolve(root, "manifest.json")
+    try:
+        with open_stream(location) as fh:
+            return json.loads(fh.read())
+    except FileNotFoundError:
+        raise DataError(
+            location,
+            None,
+            None,
+            "no manifest: not a shard directory, or its conversion did not finish",
+        ) from None
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) for k in key])
+
+
+@dataclass
+class EpochPlan:
+    """The slice of one epoch that a single global worker streams."""
+
+    shards: list[dict]  # this epoch's shard order
+    starts: list[int]  # first structure index of each shard in the epoch sequence
+    begin: int
+    end: int
+
+
+def plan_epoch(
+    split_info: dict,
+    seed: int,
+    epoch: int,
+    global_worker: int,
+    num_global_workers: int,
+    shuffle: bool = True,
+) -> EpochPlan:
+    order = list(split_info["shards"])
+    if shuffle:
+        perm = _rng(seed, epoch, 7919).permutation(len(order))
+        order = [order[i] for i in perm]
+    starts = np.concatenate([[0], np.cumsum([s["num_structures"] for s in order])]).tolist()
+    total = starts[-1]
+    begin = global_worker * total // num_global_workers
+    end = (global_worker + 1) * total // num_global_workers
+    return EpochPlan(order, starts[:-1], begin, end)
+
+
+def iter_plan(root: str, plan: EpochPlan, pack_size: int) -> Iterator[Structure]:
+    """Structures of a plan's range in epoch order (before the buffer shuffle)."""
+    for shard, start in zip(plan.shards, plan.starts):
+        count = shard["num_structures"]
+        if start + count <= plan.begin or start >= plan.end:
+            continue
+        location = resolve(root, shard["file"])
+        seen = 0
+        with open_stream(location) as stream:
+            for key, blob in shards.iter_shard_packs(stream, location):
+                lo = start + seen
+                size = min(pack_size, count - seen)
+                seen += size
+                if lo + size <= plan.begin:
+                    continue  # whole pack before this worker's range: not decoded
+                if lo >= plan.end:
+                    break
+                pack = shards.decode_pack(blob, f"{location}:{key}")
+                if len(pack) != size:
+                    raise DataError(
+                        location,
+                        key,
+                        None,
+                        f"pack holds {len(pack)} structures, manifest implies {size}",
+                    )
+                for k, s in enumerate(pack):
+                    if plan.begin <= lo + k < plan.end:
+                        yield s
+        if seen < count and start + seen < plan.end:
+            raise DataError(
+                location, None, None, f"shard is truncated: {seen} of {count} structures present"
+            )
+
+
+def buffer_shuffle(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
+    buf: list = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        k = int(rng.integers(size))
+        out, buf[k] = buf[k], item
+        yield out
+    rng.shuffle(buf)
+    yield from buf
+
+
+@dataclass
+class LoaderConfig:
+    """What the loader needs; units in the names.
+
+    Attributes:
+        root: shard directory, URL prefix or '{path}' template.
+        split: split name in the manifest.
+        cutoff: neighbour-list cutoff, Angstrom.
+        max_atoms: atom budget per batch.
+        max_edges: edge budget per batch (None: unlimited).
+        max_structures: structure cap per batch (None: unlimited).
+        shuffle: shard + buffer shuffle (False: manifest order).
+        buffer_size: structures held by each worker's shuffle buffer.
+        seed: shuffle seed (combined with the epoch).
+        num_workers: DataLoader worker processes per rank (0: in-process).
+        dtype: float dtype of the batch tensors.
+    """
+
+    root: str
+    split: str = "train"
+    cutoff: float = 5.0
+    max_atoms: int = 512
+    max_edges: int | None = None
+    max_structures: int | None = None
+    shuffle: bool = True
+    buffer_size: int = 1024
+    seed: int = 0
+    num_workers: int = 0
+    dtype: str = "float64"
+
+
+def worker_stream(
+    cfg: LoaderConfig,
+    manifest: dict,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    worker: int,
+    num_workers: int,
+    skip: int = 0,
+) -> Iterator[Structure]:
+    """One global worker's structures for one epoch, shuffled, minus the first `skip`."""
+    if cfg.split not in manifest["splits"]:
+        raise DataError(
+            resolve(cfg.root, "manifest.json"),
+            None,
+            "splits",
+            f"no split '{cfg.split}' (have {sorted(manifest['splits'])})",
+        )
+    workers = max(num_workers, 1)
+    g = rank * workers + worker
+    plan = plan_epoch(
+        manifest["splits"][cfg.split], cfg.seed, epoch, g, world_size * workers, cfg.shuffle
+    )
+    stream: Iterator[Structure] = iter_plan(cfg.root, plan, manifest["pack_size"])
+    if cfg.shuffle:
+        stream = buffer_shuffle(stream, cfg.buffer_size, _rng(cfg.seed, epoch, g, 104729))
+    for n, s in enumerate(stream):
+        if n >= skip:
+            yield s
+
+
+class ShardStream(IterableDataset):
+    """The per-rank iterable that DataLoader workers run (batches out)."""
+
+    def __init__(self, cfg: LoaderConfig, rank: int = 0, world_size: int = 1):
+        self.cfg = cfg
+        self.rank = rank
+        self.world_size = world_size
+        self.manifest = load_manifest(cfg.root)
+        self.epoch = 0
+        self.skip: dict[int, int] = {}
+        self.num_oversized = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        consumed = self.skip.get(worker, 0)
+        stream = worker_stream(
+            self.cfg,
+            self.manifest,
+            self.epoch,
+            self.rank,
+            self.world_size,
+            worker,
+            num_workers,
+            skip=consumed,
+        )
+        graphs = (make_graph(s, self.cfg.cutoff) for s in stream)
+        batcher = AtomBudgetBatcher(self.cfg.max_atoms, self.cfg.max_edges, self.cfg.max_structures)
+        dtype = _DTYPES[self.cfg.dtype]
+        for group in batcher(graphs):
+            consumed += len(group)
+            batch = collate(group, dtype)
+            batch["_worker"] = worker
+            batch["_consumed"] = consumed
+            batch["_epoch"] = self.epoch
+            yield batch
+
+
+@dataclass
+class LoaderState:
+    epoch: int = 0
+    consumed: dict[int, int] = field(default_factory=dict)
+    world_size: int = 1
+    num_workers: int = 0
+
+
+class StreamingLoader:
+    """Epoch iterator over batches with a saveable position.
+
+    Usage: `loader.set_epoch(e); for batch in loader: ...`; `state_dict()` at any
+    step and `load_state_dict()` before iterating again resumes mid-epoch.
+    """
+
+    def __init__(self, cfg: LoaderConfig, rank: int = 0, world_size: int = 1):
+        self.cfg = cfg
+        self.dataset = ShardStream(cfg, rank, world_size)
+        self.state = LoaderState(world_size=world_size, num_workers=cfg.num_workers)
+
+    @property
+    def manifest(self) -> dict:
+        return self.dataset.manifest
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.state.epoch:
+            self.state = LoaderState(epoch, {}, self.state.world_size, self.state.num_workers)
+
+    def __iter__(self) -> Iterator[dict]:
+        self.dataset.epoch = self.state.epoch
+        self.dataset.skip = dict(self.state.consumed)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=False,
+            multiprocessing_context="fork" if self.cfg.num_workers else None,
+        )
+        for batch in loader:
+            self.state.consumed[batch.pop("_worker")] = batch.pop("_consumed")
+            batch.pop("_epoch")
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.state.epoch,
+            "consumed": {str(k): v for k, v in self.state.consumed.items()},
+            "world_size": self.state.world_size,
+            "num_workers": self.state.num_workers,
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd["world_size"] != self.state.world_size or sd["num_workers"] != self.state.num_workers:
+            raise ValueError(
+                "cannot resume mid-epoch with a different layout: saved world_size="
+                f"{sd['world_size']} num_workers={sd['num_workers']}, now "
+                f"{self.state.world_size} and {self.state.num_workers}"
+            )
+        self.state = LoaderState(
+            sd["epoch"],
+            {int(k): v for k, v in sd["consumed"].items()},
+            sd["world_size"],
+            sd["num_workers"],
+        )
+
+
+def equal_steps(batches: Iterator[dict], group=None) -> Iterator[tuple[dict, bool]]:
+    """Yields (batch, is_padding) until every rank is exhausted.
+
+    One all-reduce of a flag per step. A rank that runs out first repeats its
+    last batch flagged as padding (the trainer gives it zero weight), so every
+    rank takes the same number of optimiser steps. Without an initialised
+    process group this is a plain pass-through.
+    """
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+    if not distributed:
+        for b in batches:
+            yield b, False
+        return
+    it = iter(batches)
+    last = None
+    while True:
+        b = next(it, None)
+        flag = torch.tensor([0 if b is None else 1], dtype=torch.int64)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        if flag.item() == 0:
+            return
+        if b is None:
+            if last is None:
+                raise RuntimeError(
+                    "a rank has no batch at all this epoch; the split is too "
+                    "small for this many ranks and workers"
+                )
+            yield last, True
+        else:
+            last = b
+            yield b, False
+
+
+def epoch_ids(
+    root: str,
+    split: str,
+    rank: int,
+    world_size: int,
+    workers: int,
+    epoch: int,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> list[str]:
+    """Ids one rank streams in one epoch (worker by worker), without neighbour lists."""
+    cfg = LoaderConfig(root=root, split=split, seed=seed, shuffle=shuffle)
+    manifest = load_manifest(root)
+    out = []
+    for w in range(max(workers, 1)):
+        out.extend(
+            s.source_id for s in worker_stream(cfg, manifest, epoch, rank, world_size, w, workers)
+        )
+    return out

@@ -1,0 +1,170 @@
+"""The on-disk layout: WebDataset tar shards of packed structures.
+
+Layout version 1 ("pack-v1"). A split directory holds ``shard-NNNNNN.tar``
+files. Each tar member is one WebDataset sample named ``<key>.pack`` holding
+up to ``pack_size`` structures in one binary blob, so decoding is a handful of
+``np.frombuffer`` views instead of one parse per structure:
+
+    bytes 0-7    magic b"MLIPPACK"
+    bytes 8-11   layout version, uint32 little-endian
+    bytes 12-15  header length H, uint32 little-endian
+    H bytes      UTF-8 JSON header: {"ids": [...], "info": [...],
+                 "arrays": {name: [dtype, shape, offset]}} (offsets from the
+                 start of the data block), padded with spaces to 8 bytes
+    data block   the arrays below, each 8-byte aligned, little-endian
+
+Arrays (k structures, n atoms in all): num_atoms int64 (k,), numbers uint8
+(n,), positions float64 (n, 3), cell float64 (k, 3, 3), pbc bool (k, 3),
+energy float64 (k,), forces float64 (n, 3), stress float64 (k, 3, 3) and
+has_energy / has_forces / has_stress bool (k,). Absent labels are stored as
+zeros with their has_ flag False. Floats are float64: the round trip is exact.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import tarfile
+from collections.abc import Iterator
+
+import numpy as np
+
+from data_pipelines.schema import DataError, Structure
+
+MAGIC = b"MLIPPACK"
+LAYOUT_VERSION = 1
+LAYOUT_NAME = "pack-v1"
+_PREFIX = struct.Struct("<8sII")
+
+_ARRAY_ORDER = (
+    "num_atoms", "numbers", "positions", "cell", "pbc", "energy", "forces", "stress",
+    "has_energy", "has_forces", "has_stress",
+)  # fmt: skip
+
+
+def encode_pack(structures: list[Structure]) -> bytes:
+    """Serialises structures into one pack blob (see module docstring)."""
+    k = len(structures)
+    arrays = {
+        "num_atoms": np.array([s.num_atoms for s in structures], dtype="<i8"),
+        "numbers": np.concatenate([s.numbers for s in structures]).astype("u1"),
+        "positions": np.concatenate([s.positions for s in structures]).astype("<f8"),
+        "cell": np.stack([s.cell for s in structures]).astype("<f8"),
+        "pbc": np.stack([s.pbc for s in structures]).astype("?"),
+        "energy": np.array([s.energy if s.energy is not None else 0.0 for s in structures], "<f8"),
+        "forces": np.concatenate(
+            [s.forces if s.forces is not None else np.zeros((s.num_atoms, 3)) for s in structures]
+        ).astype("<f8"),
+        "stress": np.stack(
+            [s.stress if s.stress is not None else np.zeros((3, 3)) for s in structures]
+        ).astype("<f8"),
+        "has_energy": np.array([s.energy is not None for s in structures], "?"),
+        "has_forces": np.array([s.forces is not None for s in structures], "?"),
+        "has_stress": np.array([s.stress is not None for s in structures], "?"),
+    }
+    layout = {}
+    chunks = []
+    offset = 0
+    for name in _ARRAY_ORDER:
+        raw = np.ascontiguousarray(arrays[name]).tobytes()
+        layout[name] = [arrays[name].dtype.str, list(arrays[name].shape), offset]
+        pad = (-len(raw)) % 8
+        chunks.append(raw + b"\0" * pad)
+        offset += len(raw) + pad
+    header = json.dumps(
+        {
+            "num_structures": k,
+            "ids": [s.source_id for s in structures],
+            "info": [s.info for s in structures],
+            "arrays": layout,
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    ).encode()
+    header += b" " * ((-len(header)) % 8)
+    return _PREFIX.pack(MAGIC, LAYOUT_VERSION, len(header)) + header + b"".join(chunks)
+
+
+def decode_pack(blob: bytes, where: str = "?") -> list[Structure]:
+    """Inverse of encode_pack; `where` names the shard and member in errors."""
+    if len(blob) < _PREFIX.size:
+        raise DataError(where, None, None, "pack is truncated (shorter than its prefix)")
+    magic, version, header_len = _PREFIX.unpack_from(blob)
+    if magic != MAGIC:
+        raise DataError(where, None, None, "not a structure pack (bad magic bytes)")
+    if version != LAYOUT_VERSION:
+        raise DataError(
+            where, None, None, f"pack layout version {version}, this code reads {LAYOUT_VERSION}"
+        )
+    start = _PREFIX.size + header_len
+    try:
+        header = json.loads(blob[_PREFIX.size : start])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(where, None, "header", f"corrupt pack header ({err})") from None
+    arrays = {}
+    for name, (dtype, shape, offset) in header["arrays"].items():
+        count = int(np.prod(shape))
+        nbytes = count * np.dtype(dtype).itemsize
+        if start + offset + nbytes > len(blob):
+            raise DataError(where, None, name, "pack is truncated: array runs past its end")
+        arrays[name] = np.frombuffer(blob, dtype=dtype, count=count, offset=start + offset).reshape(
+            shape
+        )
+    ptr = np.zeros(len(arrays["num_atoms"]) + 1, dtype=np.int64)
+    np.cumsum(arrays["num_atoms"], out=ptr[1:])
+    out = []
+    for idx, sid in enumerate(header["ids"]):
+        a, b = ptr[idx], ptr[idx + 1]
+        out.append(
+            Structure(
+                source_id=sid,
+                numbers=arrays["numbers"][a:b].astype(np.int64),
+                positions=arrays["positions"][a:b],
+                cell=arrays["cell"][idx],
+                pbc=arrays["pbc"][idx],
+                energy=float(arrays["energy"][idx]) if arrays["has_energy"][idx] else None,
+                forces=arrays["forces"][a:b] if arrays["has_forces"][idx] else None,
+                stress=arrays["stress"][idx] if arrays["has_stress"][idx] else None,
+                info=header["info"][idx],
+            )
+        )
+    return out
+
+
+class ShardWriter:
+    """Writes one tar shard deterministically (fixed member metadata)."""
+
+    def __init__(self, fileobj: io.BufferedIOBase):
+        self._tar = tarfile.open(  # noqa: SIM115 - closed in close()
+            fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT
+        )
+
+    def add(self, key: str, blob: bytes) -> None:
+        info = tarfile.TarInfo(name=f"{key}.pack")
+        info.size = len(blob)
+        info.mtime = 0
+        info.mode = 0o644
+        self._tar.addfile(info, io.BytesIO(blob))
+
+    def close(self) -> None:
+        self._tar.close()
+
+
+def iter_shard_packs(stream, name: str) -> Iterator[tuple[str, bytes]]:
+    """Yields (key, blob) for each pack of a tar stream; errors name the shard."""
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.rpartition("/")[2].partition(".")
+                if ext != "pack":
+                    raise DataError(name, member.name, None, "unexpected member (not a .pack)")
+                fh = tar.extractfile(member)
+                blob = fh.read() if fh is not None else b""
+                if len(blob) != member.size:
+                    raise DataError(name, member.name, None, "shard is truncated inside a member")
+                yield key, blob
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise DataError(name, None, None, f"corrupted or truncated shard ({err})") from None
