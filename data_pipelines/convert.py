@@ -240,15 +240,30 @@ def write_dataset(
     return manifest
 
 
+def source_names(inputs: list[str]) -> dict[str, str]:
+    """Names that prefix source ids: the file name, or, when several inputs share a
+    file name (mlearn's */training.json.gz, many vasprun.xml), the path relative
+    to their common folder, so ids stay unique across the dataset."""
+    paths = {p: Path(p).resolve() for p in inputs}
+    plain = [q.name for q in paths.values()]
+    if len(set(plain)) == len(plain):
+        return {p: q.name for p, q in paths.items()}
+    common = Path(os.path.commonpath([str(q.parent) for q in paths.values()]))
+    return {p: str(q.relative_to(common)) for p, q in paths.items()}
+
+
 def _read_inputs(
     inputs, fmt, options, skipped: Counter, sources: list[dict]
 ) -> Iterator[Structure]:
     from data_pipelines.sources import detect_format, read_structures
 
+    names = source_names(inputs)
     for path in inputs:
         actual = detect_format(path) if fmt == "auto" else fmt
-        entry = {"path": str(path), "sha256": sha256_file(path), "format": actual, "num_read": 0}
+        entry = {"path": str(path), "name": names[path], "sha256": sha256_file(path),
+                 "format": actual, "num_read": 0}
         sources.append(entry)
+        options.source_name = names[path]
         for s in read_structures(path, actual, options):
             entry["num_read"] += 1
             yield s

@@ -168,6 +168,8 @@ class LoaderConfig:
         seed: shuffle seed (combined with the epoch).
         num_workers: DataLoader worker processes per rank (0: in-process).
         dtype: float dtype of the batch tensors.
+        subset_threshold: keep only structures with subset_u(id) <= this
+            (data_pipelines.subsets; None keeps all).
     """
 
     root: str
@@ -181,6 +183,7 @@ class LoaderConfig:
     seed: int = 0
     num_workers: int = 0
     dtype: str = "float64"
+    subset_threshold: float | None = None
 
 
 def worker_stream(
@@ -207,6 +210,11 @@ def worker_stream(
         manifest["splits"][cfg.split], cfg.seed, epoch, g, world_size * workers, cfg.shuffle
     )
     stream: Iterator[Structure] = iter_plan(cfg.root, plan, manifest["pack_size"])
+    if cfg.subset_threshold is not None and cfg.subset_threshold < 1.0:
+        from data_pipelines.subsets import subset_u
+
+        thr = cfg.subset_threshold
+        stream = (s for s in stream if subset_u(s.source_id) <= thr)
     if cfg.shuffle:
         stream = buffer_shuffle(stream, cfg.buffer_size, _rng(cfg.seed, epoch, g, 104729))
     for n, s in enumerate(stream):
@@ -224,12 +232,18 @@ class ShardStream(IterableDataset):
         self.manifest = load_manifest(cfg.root)
         self.epoch = 0
         self.skip: dict[int, int] = {}
+        self.phase = 0
         self.num_oversized = 0
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         consumed = self.skip.get(worker, 0)
+        if worker < self.phase:
+            # DataLoader restarts its round-robin at worker 0; workers that had
+            # already delivered in the interrupted round send one empty marker so
+            # batches keep the uninterrupted order.
+            yield {"_sentinel": True}
         stream = worker_stream(
             self.cfg,
             self.manifest,
@@ -258,6 +272,7 @@ class LoaderState:
     consumed: dict[int, int] = field(default_factory=dict)
     world_size: int = 1
     num_workers: int = 0
+    batches: int = 0  # batches delivered this epoch
 
 
 class StreamingLoader:
@@ -276,13 +291,21 @@ class StreamingLoader:
     def manifest(self) -> dict:
         return self.dataset.manifest
 
+    def reset(self) -> None:
+        """Back to the start of the current epoch (e.g. for another validation pass)."""
+        self.state = LoaderState(self.state.epoch, {}, self.state.world_size,
+                                 self.state.num_workers, 0)
+
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.state.epoch:
-            self.state = LoaderState(epoch, {}, self.state.world_size, self.state.num_workers)
+            self.state = LoaderState(epoch, {}, self.state.world_size, self.state.num_workers, 0)
 
     def __iter__(self) -> Iterator[dict]:
         self.dataset.epoch = self.state.epoch
         self.dataset.skip = dict(self.state.consumed)
+        self.dataset.phase = (
+            self.state.batches % self.cfg.num_workers if self.cfg.num_workers else 0
+        )
         loader = DataLoader(
             self.dataset,
             batch_size=None,
@@ -291,7 +314,10 @@ class StreamingLoader:
             multiprocessing_context="fork" if self.cfg.num_workers else None,
         )
         for batch in loader:
+            if batch.get("_sentinel"):
+                continue
             self.state.consumed[batch.pop("_worker")] = batch.pop("_consumed")
+            self.state.batches += 1
             batch.pop("_epoch")
             yield batch
 
@@ -301,6 +327,7 @@ class StreamingLoader:
             "consumed": {str(k): v for k, v in self.state.consumed.items()},
             "world_size": self.state.world_size,
             "num_workers": self.state.num_workers,
+            "batches": self.state.batches,
         }
 
     def load_state_dict(self, sd: dict) -> None:

@@ -9,12 +9,13 @@ from ase.calculators.emt import EMT
 from data_pipelines.schema import Structure
 
 
-def emt_structures(num: int, seed: int = 0, prefix: str = "t") -> list[Structure]:
+def emt_structures(num: int, seed: int = 0, prefix: str = "t", molecules: bool = True
+                   ) -> list[Structure]:
     """Varied cells (1-32 atoms), one molecule without stress every 7th."""
     out = []
     for k in range(num):
         rng = np.random.default_rng([seed, k])
-        if k % 7 == 6:
+        if molecules and k % 7 == 6:
             atoms = molecule("CH4" if k % 2 else "H2O")
             atoms.numbers[:] = rng.choice([13, 29], size=len(atoms))
             atoms.positions *= 1.8

@@ -81,8 +81,7 @@ def test_resume_mid_epoch_repeats_and_skips_nothing(root, workers):
     ref_by_ids = {tuple(b[K.IDS]): b for b in reference}
     for b in got:  # and the same numbers in them
         assert torch.equal(b[K.POSITIONS], ref_by_ids[tuple(b[K.IDS])][K.POSITIONS])
-    if workers == 0:
-        assert key == [tuple(b[K.IDS]) for b in reference]  # one worker: identical order
+    assert key == [tuple(b[K.IDS]) for b in reference]  # and in the same order
 
 
 def test_resume_refuses_another_layout(root):
