@@ -139,14 +139,9 @@ def _rattle(rng: np.random.Generator, atoms: Atoms, sigma: float) -> None:
     atoms.positions += rng.normal(0.0, sigma, size=atoms.positions.shape)
 
 
-def _scale(atoms: Atoms, deformation: np.ndarray) -> None:
-    """Applies cell -> cell @ deformation, carrying the atoms along."""
-    atoms.set_cell(atoms.cell.array @ deformation, scale_atoms=True)
-
-
 def _rattled(rng: np.random.Generator, spec: CalculatorSpec) -> tuple[Atoms, dict]:
     atoms, info = _bulk(rng)
-    _scale(atoms, np.eye(3) * rng.uniform(0.97, 1.03))
+    atoms.set_cell(atoms.cell.array * rng.uniform(0.97, 1.03), scale_atoms=True)
     sigma = float(rng.uniform(0.01, 0.12))
     _rattle(rng, atoms, sigma)
     return atoms, {**info, "rattle_A": round(sigma, 4)}
@@ -161,7 +156,7 @@ def _strained(rng: np.random.Generator, spec: CalculatorSpec) -> tuple[Atoms, di
     eps[1, 2] = eps[2, 1] = shear[0]
     eps[0, 2] = eps[2, 0] = shear[1]
     eps[0, 1] = eps[1, 0] = shear[2]
-    _scale(atoms, np.eye(3) + eps)
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + eps), scale_atoms=True)
     _rattle(rng, atoms, 0.03)
     return atoms, {**info, "max_strain": round(float(np.abs(eps).max()), 4)}
 
@@ -191,7 +186,8 @@ def _surface(rng: np.random.Generator, spec: CalculatorSpec) -> tuple[Atoms, dic
 
 def _md(rng: np.random.Generator, spec: CalculatorSpec) -> tuple[Atoms, dict]:
     atoms, info = _bulk(rng, min_atoms=3)
-    if rng.random() < 0.25:
+    num_vacancies = int(rng.random() < 0.25)
+    if num_vacancies:
         del atoms[int(rng.integers(len(atoms)))]
     temperature = float(rng.choice(TEMPERATURES_K))
     # Start near the thermal displacement amplitude (~sqrt(T)) so a few steps suffice.
@@ -211,7 +207,7 @@ def _md(rng: np.random.Generator, spec: CalculatorSpec) -> tuple[Atoms, dict]:
     num_steps = int(rng.integers(5, 21))
     dyn.run(num_steps)
     md = {"temperature_K": temperature, "integrator": integrator, "num_steps": num_steps}
-    return atoms, {**info, **md, "timestep_fs": MD_TIMESTEP_FS}
+    return atoms, {**info, **md, "timestep_fs": MD_TIMESTEP_FS, "num_vacancies": num_vacancies}
 
 
 BUILDERS = dict(rattled=_rattled, strained=_strained, vacancy=_vacancy, surface=_surface, md=_md)
@@ -271,7 +267,8 @@ def generate_structures(
         calculator: labelling calculator, a key of CALCULATORS.
         start: index of the first structure, so a stream can be produced in pieces.
         num_workers: processes; the output is the same (in order, bit for bit) for any
-            number, since each structure depends only on (seed, index).
+            number, since each structure depends only on (seed, index). Workers are
+            spawned, so a script using more than one needs `if __name__ == "__main__":`.
 
     Raises:
         ValueError: on an unknown calculator or a negative count, seed or start.
@@ -320,23 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--shard-size", type=int, default=5000, help="structures per shard")
     p.add_argument("--name", default=None, help="dataset name (default: the --out folder)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="processes (default: all cores); the output does not depend on it",
-    )
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="default: all cores")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
     if args.num_structures < 1:
         p.error("--num-structures must be at least 1")
     if args.seed < 0:
         p.error("--seed must be non-negative")
-    options = {
-        "calculator": args.calculator,
-        "num_structures": args.num_structures,
-        "seed": args.seed,
-    }
+    options = dict(calculator=args.calculator, num_structures=args.num_structures, seed=args.seed)
     structures = generate_structures(
         args.num_structures, args.seed, args.calculator, num_workers=args.workers
     )

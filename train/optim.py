@@ -1,0 +1,46 @@
+"""Optimiser and learning-rate schedules (the schedule length is its own knob)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from train.config import OptimConfig, ScheduleConfig
+
+
+def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[cfg.name]
+    return cls(
+        params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
+
+
+def lr_factor(cfg: ScheduleConfig, max_steps: int) -> Callable[[int], float]:
+    """Multiplier of the peak learning rate at optimiser step `step` (0-based).
+
+    The schedule runs over `cfg.total_steps` (default: max_steps), so a run
+    stopped early by a smaller budget sees the same curve as a longer one.
+    """
+    total = cfg.total_steps or max_steps
+    warmup = (
+        cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_fraction * total)
+    )
+    floor = cfg.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if cfg.kind == "constant":
+            return 1.0
+        if cfg.kind == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        decay_start = total - round(cfg.decay_fraction * total)
+        if step < decay_start:
+            return 1.0
+        progress = min(1.0, (step - decay_start) / max(1, total - decay_start))
+        return floor + (1 - floor) * (1 - progress)
+
+    return factor

@@ -1,0 +1,284 @@
+"""The training loop: flat and ours. batch, forward, loss, backward, clip, step,
+log, validate, checkpoint; a preemption signal saves and exits cleanly."""
+
+from __future__ import annotations
+
+import math
+import resource
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from ase.data import chemical_symbols
+
+from data_pipelines import schema as K
+from data_pipelines.loader import StreamingLoader, equal_steps
+from train import checkpoint
+from train.augment import augment
+from train.config import TrainConfig
+from train.dist import DistInfo, all_reduce_
+from train.ema import EMA
+from train.losses import compute_loss, error_sums, metrics_from_sums
+from train.metrics import MetricLogger
+
+
+class BadBatchError(RuntimeError):
+    """Too many consecutive non-finite losses."""
+
+
+@dataclass
+class Progress:
+    """Counters that a checkpoint carries (global over ranks)."""
+
+    step: int = 0
+    structures_seen: int = 0
+    atoms_seen: int = 0
+    wall_time_s: float = 0.0
+    bad_steps: int = 0
+    padded_steps: int = 0
+    last_val: dict = field(default_factory=dict)
+
+
+def to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device)
+            if v.is_floating_point():
+                v = v.to(dtype)
+        out[k] = v
+    return out
+
+
+def check_elements(batch: dict, allowed: torch.Tensor) -> None:
+    """Fails on an element the model was not built for, naming it and the structure."""
+    species = batch[K.SPECIES]
+    bad = ~allowed[species.clamp(0, allowed.numel() - 1)]
+    if bool(bad.any()):
+        atom = int(torch.nonzero(bad)[0])
+        z = int(species[atom])
+        sid = batch[K.IDS][int(batch[K.BATCH][atom])]
+        known = " ".join(chemical_symbols[int(i)] for i in torch.nonzero(allowed).flatten())
+        raise ValueError(
+            f"structure {sid} contains {chemical_symbols[z]} (Z={z}), which the "
+            f"model was not built for (its elements: {known})"
+        )
+
+
+def evaluate_batches(model, batches, device, dtype) -> torch.Tensor:
+    """Error sums (train.losses.error_sums) over batches; no parameter gradients."""
+    sums = None
+    model.eval()
+    for batch in batches:
+        batch = to_device(batch, device, dtype)
+        with torch.no_grad():
+            out = model(batch)
+        part = error_sums(batch, out)
+        sums = part if sums is None else sums + part
+    return sums
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        engine,
+        ema: EMA,
+        train_loader: StreamingLoader,
+        val_loader: StreamingLoader | None,
+        logger: MetricLogger,
+        info: DistInfo,
+        run_dir: Path,
+        allowed: torch.Tensor,
+        progress: Progress,
+        augment_on: bool,
+    ):
+        self.cfg = cfg
+        self.engine = engine
+        self.model = engine.module
+        self.ema = ema
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.logger = logger
+        self.info = info
+        self.run_dir = run_dir
+        self.allowed = allowed
+        self.progress = progress
+        self.augment_on = augment_on
+        self.dtype = getattr(torch, cfg.trainer.dtype)
+        self._stop_signal: int | None = None
+        self._last_batch: dict | None = None
+
+    # ---- signals --------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum, frame):
+            self._stop_signal = signum
+
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, handler)
+
+    # ---- data -----------------------------------------------------------------------
+
+    def _batches(self) -> Iterator[tuple[dict, bool]]:
+        while True:
+            epoch = self.train_loader.state.epoch
+            max_epochs = self.cfg.trainer.max_epochs
+            if max_epochs is not None and epoch >= max_epochs:
+                return
+            yield from equal_steps(iter(self.train_loader))
+            self.train_loader.set_epoch(epoch + 1)
+
+    # ---- validation -----------------------------------------------------------------
+
+    def validate(self) -> dict:
+        if self.val_loader is None:
+            return {}
+        self.val_loader.reset()
+        with self.ema.applied(self.model):
+            sums = evaluate_batches(self.model, iter(self.val_loader), self.info.device, self.dtype)
+        if sums is None:
+            sums = torch.zeros(5, 3, dtype=torch.float64)
+        all_reduce_(sums)
+        self.model.train()
+        return metrics_from_sums(sums)
+
+    # ---- the loop -------------------------------------------------------------------
+
+    def fit(self) -> str:
+        """Runs to trainer.max_steps (or max_epochs); returns 'finished' or 'preempted'."""
+        cfg, p = self.cfg, self.progress
+        self.model.train()
+        batches = self._batches()
+        accum = cfg.optim.grad_accum
+        consecutive_bad = 0
+        status = "finished"
+        t_wall = time.time()
+        while p.step < cfg.trainer.max_steps:
+            t0 = time.perf_counter()
+            wait = 0.0
+            micro = 0
+            local = torch.zeros(6, dtype=torch.float64)  # loss, structs, atoms, pads, 0, 0
+            parts_sum: dict[str, float] = {}
+            lr = self.engine.lr
+            grad_norm = None
+            exhausted = False
+            while micro < accum:
+                tw = time.perf_counter()
+                item = next(batches, None)
+                wait += time.perf_counter() - tw
+                if item is None:
+                    exhausted = True
+                    break
+                batch, pad = item
+                check_elements(batch, self.allowed)
+                ids = batch[K.IDS]
+                batch = to_device(batch, self.info.device, self.dtype)
+                if self.augment_on:
+                    batch = augment(batch, self.cfg.seed, self.info.rank, p.step * accum + micro)
+                out = self.engine.forward(batch)
+                loss, parts = compute_loss(batch, out, cfg.loss)
+                if pad:
+                    loss = loss * 0.0
+                flags = torch.tensor(
+                    [
+                        0.0 if torch.isfinite(loss) else 1.0,
+                        0.0 if self._stop_signal is None else 1.0,
+                    ]
+                )
+                all_reduce_(flags)
+                if flags[0] > 0:
+                    consecutive_bad += 1
+                    p.bad_steps += 1
+                    self.engine.zero_grad()
+                    self.logger.log(
+                        {"step": p.step, "event": "non-finite loss, step skipped", "ids": ids[:20]}
+                    )
+                    if consecutive_bad >= cfg.trainer.max_bad_steps:
+                        raise BadBatchError(
+                            f"{consecutive_bad} non-finite losses in a row at step {p.step}; "
+                            f"last batch held structures {', '.join(ids[:20])}"
+                            f"{' ...' if len(ids) > 20 else ''}"
+                        )
+                    continue
+                consecutive_bad = 0
+                self.engine.backward(loss)
+                norm = self.engine.step()
+                grad_norm = norm if norm is not None else grad_norm
+                micro += 1
+                if not pad:
+                    local[0] += float(loss.detach())
+                    local[1] += len(ids)
+                    local[2] += int(batch[K.NUM_ATOMS].sum())
+                else:
+                    local[3] += 1
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
+                if flags[1] > 0:
+                    break
+            if exhausted and micro == 0:
+                break
+            p.step += 1
+            self.ema.update(self.model)
+            all_reduce_(local)
+            p.structures_seen += int(local[1])
+            p.atoms_seen += int(local[2])
+            p.padded_steps += int(local[3])
+            dt = time.perf_counter() - t0
+            if p.step % cfg.trainer.log_every == 0 or p.step == cfg.trainer.max_steps:
+                real = max(1.0, self.info.world_size * accum - float(local[3]))
+                row = {
+                    "step": p.step,
+                    "epoch": self.train_loader.state.epoch,
+                    "train/loss": float(local[0]) / real,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "atoms_per_s": float(local[2]) / dt,
+                    "structures_per_s": float(local[1]) / dt,
+                    "data_wait_fraction": wait / dt,
+                    "step_time_s": dt,
+                    "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    **{k: v / max(1, micro) for k, v in parts_sum.items()},
+                }
+                self.logger.log(row)
+            if cfg.trainer.val_every and (p.step % cfg.trainer.val_every == 0):
+                p.last_val = self.validate()
+                self.logger.log({"step": p.step, **p.last_val})
+            stop = self._stop_signal is not None or bool(flags[1] > 0)
+            if stop or (
+                cfg.trainer.checkpoint_every and p.step % cfg.trainer.checkpoint_every == 0
+            ):
+                self.save(time.time() - t_wall)
+            if stop:
+                status = "preempted"
+                break
+            if exhausted:
+                break
+        p.wall_time_s += time.time() - t_wall
+        return status
+
+    def state(self, elapsed: float) -> dict:
+        p = self.progress
+        return {
+            "progress": {**p.__dict__, "wall_time_s": p.wall_time_s + elapsed},
+            "loader": self.train_loader.state_dict(),
+            "ema": self.ema.state_dict(),
+        }
+
+    def save(self, elapsed: float) -> Path:
+        return checkpoint.save(
+            self.run_dir,
+            self.progress.step,
+            self.engine,
+            self.state(elapsed),
+            self.info.rank,
+            self.info.world_size,
+            self.cfg.trainer.keep_checkpoints,
+        )
+
+
+def finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
