@@ -121,6 +121,7 @@ class LoggerConfig:
 class TrainerConfig:
     max_steps: int = 100
     max_epochs: int | None = None
+    max_atoms_seen: int | None = None  # stop once this many training atoms were seen
     log_every: int = 1
     val_every: int = 50
     checkpoint_every: int = 50
@@ -132,6 +133,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "float32"  # float32 | float64 (model and batch)
     threads: int | None = None
+    progress: bool = False  # a progress bar on stderr (sweeps on a workstation)
 
 
 @dataclass
@@ -140,7 +142,8 @@ class TrainConfig:
     seed: int = 0
     name: str | None = None
     study: str | None = None
-    axes: dict[str, Any] = field(default_factory=dict)
+    axes: dict[str, Any] = field(default_factory=dict)  # a sweep's axis values
+    budget: dict[str, Any] = field(default_factory=dict)  # a sweep's budget rule
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)

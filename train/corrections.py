@@ -183,7 +183,10 @@ class RotationalAverage(Calculator):
     E = sum_g w_g E(g x), F = sum_g w_g R_g^T F(g x),
     sigma = sum_g w_g R_g^T sigma(g x) R_g. For an exactly equivariant base the
     average equals the plain prediction; for an unconstrained model every
-    non-equivariant component up to degree ``l_max`` is removed.
+    non-equivariant component up to degree ``l_max`` of the integrand is
+    removed exactly. The back-rotation counts: R^T F(g x) has one degree more
+    than F(g x), R^T sigma R two more, so a force error of angular degree L
+    is removed exactly when l_max >= L + 1.
 
     Extra results (same shapes as the averaged quantity, per component):
     ``energy_rot_std`` (eV), ``forces_rot_std`` (num_atoms, 3) eV/A and
@@ -274,21 +277,24 @@ class SymmetryOps:
     The group G is stored as its pure-translation subgroup T (non-trivial for
     supercells) and one representative per point-group rotation (a coset
     transversal): mean over G = mean over representatives after mean over T,
-    which keeps a 1000-atom supercell (16k operations) cheap.
+    which keeps a 1000-atom supercell (16k operations) cheap. T acts freely on
+    the atoms and its orbits are the atoms sharing a primitive-cell atom, so
+    the mean over T is a mean over each orbit.
 
     Attributes:
         rotations: Cartesian rotations of the representatives, shape (num_reps, 3, 3).
         permutations: ``permutations[g, i]`` is the atom representative g maps atom
             i to, shape (num_reps, num_atoms).
-        translation_permutations: the same for the pure translations (identity
-            included), shape (num_translations, num_atoms).
+        translation_orbits: ``translation_orbits[i]`` labels the orbit of atom i
+            under the pure translations (spglib's mapping to the primitive cell),
+            shape (num_atoms,).
         number: international space-group number.
         international: Hermann-Mauguin symbol.
     """
 
     rotations: NDArray[np.float64]
     permutations: NDArray[np.int64]
-    translation_permutations: NDArray[np.int64]
+    translation_orbits: NDArray[np.int64]
     number: int
     international: str
 
@@ -359,19 +365,17 @@ def symmetry_operations(atoms: Atoms, symprec: float = 1e-5) -> SymmetryOps:
     if data is None:
         rot_frac, trans = np.eye(3, dtype=int)[None], np.zeros((1, 3))
         number, symbol = 1, "P1"
+        orbits = np.arange(len(atoms))
     else:
         rot_frac, trans = np.asarray(data.rotations), np.asarray(data.translations)
         number, symbol = int(data.number), str(data.international)
-    is_translation = np.all(rot_frac == np.eye(3, dtype=int), axis=(1, 2))
+        orbits = np.asarray(data.mapping_to_primitive)
     _, first = np.unique(rot_frac.reshape(len(rot_frac), 9), axis=0, return_index=True)
     reps = np.sort(first)
-    trans_perms = _atom_permutations(
-        atoms, rot_frac[is_translation], trans[is_translation], symprec
-    )
     perms = _atom_permutations(atoms, rot_frac[reps], trans[reps], symprec)
     lattice_t = cell.T  # columns are lattice vectors: r = L^T f
     rot_cart = lattice_t @ rot_frac[reps] @ np.linalg.inv(lattice_t)
-    return SymmetryOps(rot_cart, perms, trans_perms, number, symbol)
+    return SymmetryOps(rot_cart, perms, orbits, number, symbol)
 
 
 def symmetrize_vectors(vectors: NDArray[np.float64], ops: SymmetryOps) -> NDArray[np.float64]:
@@ -380,10 +384,10 @@ def symmetrize_vectors(vectors: NDArray[np.float64], ops: SymmetryOps) -> NDArra
     v_sym[p_g(i)] = mean_g R_g v[i] over the whole space group: the result is
     invariant under every operation of the structure.
     """
-    averaged = np.zeros_like(vectors)
-    for perm in ops.translation_permutations:
-        averaged[perm] += vectors
-    averaged /= len(ops.translation_permutations)
+    orbits = ops.translation_orbits
+    sums = np.zeros((orbits.max() + 1, vectors.shape[1]))
+    np.add.at(sums, orbits, vectors)
+    averaged = sums[orbits] / np.bincount(orbits)[orbits, None]
     out = np.zeros_like(vectors)
     for rot, perm in zip(ops.rotations, ops.permutations):
         out[perm] += averaged @ rot.T

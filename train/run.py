@@ -229,10 +229,18 @@ def run(cfg: TrainConfig) -> dict:
         augment_on,
     )
     trainer.install_signal_handlers()
-    status = trainer.fit()
+    try:
+        status = trainer.fit()
+    finally:
+        trainer.restore_signal_handlers()
     if status != "finished":
         logger.close()
-        return {"status": status, "steps": progress.step}
+        return {
+            "status": status,
+            "steps": progress.step,
+            "signal": trainer.stop_signal,
+            "run_dir": str(run_dir),
+        }
     final_val = trainer.validate()
     trainer.save(0.0)
     summary = {

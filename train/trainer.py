@@ -115,11 +115,28 @@ class Trainer:
     # ---- signals --------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGUSR1/SIGUSR2 ask for a checkpoint at the next step boundary.
+
+        Handlers that were installed before (submitit's requeue handler under
+        SLURM) are kept in `previous_handlers` so the caller can chain to them
+        once the checkpoint is safely on disk.
+        """
+
         def handler(signum, frame):
             self._stop_signal = signum
 
+        self.previous_handlers = {}
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            self.previous_handlers[sig] = signal.getsignal(sig)
             signal.signal(sig, handler)
+
+    def restore_signal_handlers(self) -> None:
+        for sig, previous in getattr(self, "previous_handlers", {}).items():
+            signal.signal(sig, previous)
+
+    @property
+    def stop_signal(self) -> int | None:
+        return self._stop_signal
 
     # ---- data -----------------------------------------------------------------------
 
@@ -157,7 +174,20 @@ class Trainer:
         consecutive_bad = 0
         status = "finished"
         t_wall = time.time()
-        while p.step < cfg.trainer.max_steps:
+        bar = None
+        if cfg.trainer.progress and self.info.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=cfg.trainer.max_steps,
+                initial=p.step,
+                desc=cfg.name or "train",
+                unit="step",
+                leave=False,
+                dynamic_ncols=True,
+            )
+        max_atoms = cfg.trainer.max_atoms_seen
+        while p.step < cfg.trainer.max_steps and (max_atoms is None or p.atoms_seen < max_atoms):
             t0 = time.perf_counter()
             wait = 0.0
             micro = 0
@@ -228,6 +258,9 @@ class Trainer:
             p.atoms_seen += int(local[2])
             p.padded_steps += int(local[3])
             dt = time.perf_counter() - t0
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(local[0]) / max(1, micro):.4g}", refresh=False)
             if p.step % cfg.trainer.log_every == 0 or p.step == cfg.trainer.max_steps:
                 real = max(1.0, self.info.world_size * accum - float(local[3]))
                 row = {
@@ -258,6 +291,8 @@ class Trainer:
             if exhausted:
                 break
         p.wall_time_s += time.time() - t_wall
+        if bar is not None:
+            bar.close()
         return status
 
     def state(self, elapsed: float) -> dict:

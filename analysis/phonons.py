@@ -1,0 +1,389 @@
+"""Harmonic phonons by finite displacements (phonopy), with a reference comparison.
+
+    python -m analysis.phonons --model emt --structures builtin:cu-fcc \
+        --supercell 2 2 2 [--displacement 0.01] --out runs/phonons [--reference-model emt]
+
+Per structure: a tight symmetry-constrained relaxation (FixSymmetry + Frechet
+cell filter), phonopy displacements in the supercell, raw force constants
+(their acoustic-sum-rule violation and asymmetry are reported), force
+constants symmetrised (symmetric part + acoustic sum rule), frequencies at
+Gamma, along the band path of the cell (ASE's special points) and on a mesh
+(DOS), and a band-structure + DOS PNG. With a reference model the same is
+done for it and frequency errors are reported.
+
+Writes ``DIR/<name>/phonons.json`` (``gamma_frequencies_thz`` (3N,) ascending,
+``path_frequencies_thz`` (num_q, 3N), path, DOS, metrics), ``DIR/<name>/bands.png``,
+``DIR/results.json`` and ``DIR/metrics.json`` (flat ``phonon/...`` names).
+Frequencies in THz; imaginary modes are negative numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+from numpy.typing import NDArray
+from phonopy import Phonopy
+from phonopy.structure.atoms import PhonopyAtoms
+
+from analysis.calculators import (
+    ModelOptions,
+    add_model_arguments,
+    check_species,
+    load_structures,
+    model_options_from_args,
+    nanmean,
+    reference_options,
+    write_json,
+)
+from analysis.relax import RelaxSettings, relax_structure
+
+
+@dataclass(frozen=True)
+class PhononSettings:
+    """Finite-displacement and analysis settings.
+
+    Attributes:
+        supercell: diagonal supercell multiples of the input cell.
+        displacement: displacement amplitude in A.
+        relax_fmax: force threshold (eV/A) of the tight pre-relaxation; None skips it.
+        relax_max_steps: step limit of the pre-relaxation.
+        path_density: k-points per 1/A along the band path (ASE ``density``).
+        mesh: q-mesh for the DOS.
+        imaginary_tol: frequencies below -imaginary_tol (THz) count as imaginary.
+        subtract_residual: subtract the forces of the undisplaced supercell (they
+            vanish for an exactly relaxed structure; they do not for direct
+            forces or a loosely relaxed one).
+    """
+
+    supercell: tuple[int, int, int] = (2, 2, 2)
+    displacement: float = 0.01
+    relax_fmax: float | None = 1e-4
+    relax_max_steps: int = 1000
+    path_density: float = 20.0
+    mesh: tuple[int, int, int] = (16, 16, 16)
+    imaginary_tol: float = 0.05
+    subtract_residual: bool = True
+
+
+def asr_violation(fc: NDArray[np.float64]) -> float:
+    """Largest |sum_j Phi_ij| entry (eV/A^2): zero when translations cost no energy."""
+    return float(np.abs(fc.sum(axis=1)).max())
+
+
+def fc_asymmetry(fc: NDArray[np.float64]) -> float:
+    """||Phi - Phi^T||_F / ||Phi||_F with Phi^T_ij,ab = Phi_ji,ba (0 for a true Hessian)."""
+    return float(np.linalg.norm(fc - fc.transpose(1, 0, 3, 2)) / np.linalg.norm(fc))
+
+
+def symmetrize_force_constants(
+    fc: NDArray[np.float64], max_iterations: int = 200, tol: float = 1e-12
+) -> NDArray[np.float64]:
+    """Project full force constants onto the symmetric, translation-invariant set.
+
+    Alternates the two orthogonal projections (onto Phi_ij = Phi_ji^T, and onto
+    sum_j Phi_ij = 0 by subtracting the row mean), which converges to their
+    intersection. Both commute with the space group, so crystal symmetry is kept.
+
+    Args:
+        fc: full force constants, shape (num_atoms, num_atoms, 3, 3), eV/A^2.
+        max_iterations: iteration limit.
+        tol: stop when both violations fall below this (eV/A^2).
+
+    Returns:
+        The symmetrised force constants.
+    """
+    fc = np.array(fc, dtype=float)
+    num = fc.shape[0]
+    for _ in range(max_iterations):
+        fc = 0.5 * (fc + fc.transpose(1, 0, 3, 2))
+        fc -= fc.sum(axis=1, keepdims=True) / num
+        if np.abs(fc - fc.transpose(1, 0, 3, 2)).max() < tol and asr_violation(fc) < tol:
+            break
+    return fc
+
+
+def _to_phonopy(atoms: Atoms) -> PhonopyAtoms:
+    return PhonopyAtoms(
+        symbols=atoms.get_chemical_symbols(),
+        cell=atoms.cell.array,
+        scaled_positions=atoms.get_scaled_positions(),
+        masses=atoms.get_masses(),
+    )
+
+
+def _supercell_forces(calc: Calculator, cells: list[PhonopyAtoms]) -> NDArray[np.float64]:
+    forces = []
+    for sc in cells:
+        atoms = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
+        atoms.calc = calc
+        forces.append(np.array(atoms.get_forces()))
+    return np.array(forces)
+
+
+def compute_phonons(atoms: Atoms, calc: Calculator, settings: PhononSettings) -> dict:
+    """Relax, displace, build and symmetrise force constants, and get frequencies.
+
+    Args:
+        atoms: a 3D periodic unit cell, used as the primitive cell.
+        calc: any ASE calculator.
+        settings: displacement and analysis settings.
+
+    Returns:
+        JSON-ready dict: relaxed cell, raw force-constant diagnostics,
+        ``gamma_frequencies_thz``, ``path_frequencies_thz``, path axis and labels,
+        DOS, and the symmetrised force constants under ``"_fc"`` (not written).
+
+    Raises:
+        ValueError: for a structure that is not a 3D periodic crystal.
+    """
+    if not atoms.pbc.all() or atoms.cell.rank < 3 or abs(atoms.get_volume()) < 1e-6:
+        raise ValueError(
+            f"phonons need a 3D periodic cell; got pbc={atoms.pbc.tolist()} and cell "
+            f"rank {atoms.cell.rank} for {atoms.get_chemical_formula()}"
+        )
+    relax_info = None
+    if settings.relax_fmax is not None:
+        relaxed = relax_structure(
+            atoms,
+            calc,
+            RelaxSettings(
+                fix_symmetry=True,
+                symprec=1e-5,
+                fmax=settings.relax_fmax,
+                max_steps=settings.relax_max_steps,
+            ),
+        )
+        atoms = relaxed.atoms
+        relax_info = {"converged": relaxed.converged, "steps": relaxed.steps}
+
+    # 'P': the input cell is the primitive cell, so q-points are fractional in
+    # its reciprocal basis, the same basis as ASE's band path below.
+    phonon = Phonopy(
+        _to_phonopy(atoms), supercell_matrix=np.diag(settings.supercell), primitive_matrix="P"
+    )
+    phonon.generate_displacements(distance=settings.displacement)
+    forces = _supercell_forces(calc, phonon.supercells_with_displacements)
+    residual = _supercell_forces(calc, [phonon.supercell])[0]
+    if settings.subtract_residual:
+        forces = forces - residual
+    phonon.forces = forces
+    phonon.produce_force_constants(show_drift=False)
+    raw = np.array(phonon.force_constants)
+    fc = symmetrize_force_constants(raw)
+    phonon.force_constants = fc
+
+    gamma = np.sort(phonon.run_qpoints([[0.0, 0.0, 0.0]]).frequencies[0])
+    path = atoms.cell.bandpath(density=settings.path_density)
+    path_freqs = np.array(phonon.run_qpoints(path.kpts).frequencies)
+    x, special_x, labels = path.get_linear_kpoint_axis()
+    phonon.run_mesh(list(settings.mesh), is_gamma_center=True)
+    phonon.run_total_dos()
+    dos = {"frequency_points": phonon.total_dos.frequency_points, "total_dos": phonon.total_dos.dos}
+    num_acoustic = 3
+    return {
+        "formula": atoms.get_chemical_formula(),
+        "cell": atoms.cell.array,
+        "relax": relax_info,
+        "supercell": list(settings.supercell),
+        "displacement": settings.displacement,
+        "num_displacements": len(forces),
+        "residual_force_max": float(np.abs(residual).max()),
+        "asr_violation_raw": asr_violation(raw),
+        "fc_asymmetry_raw": fc_asymmetry(raw),
+        "asr_violation": asr_violation(fc),
+        "gamma_frequencies_thz": gamma,
+        "acoustic_gamma_max_abs_thz": float(np.abs(gamma[:num_acoustic]).max()),
+        "path_kpts": path.kpts,
+        "path_x": x,
+        "path_special_x": special_x,
+        "path_labels": labels,
+        "path_frequencies_thz": path_freqs,
+        "max_frequency_thz": float(path_freqs.max()),
+        "num_imaginary": int((path_freqs < -settings.imaginary_tol).sum()),
+        "dos_frequencies_thz": dos["frequency_points"],
+        "dos": dos["total_dos"],
+        "_fc": fc,
+    }
+
+
+def compare(result: dict, reference: dict) -> dict[str, float]:
+    """Frequency errors of ``result`` against ``reference`` (same structure and path)."""
+    path_err = np.abs(result["path_frequencies_thz"] - reference["path_frequencies_thz"])
+    gamma_err = np.abs(result["gamma_frequencies_thz"] - reference["gamma_frequencies_thz"])
+    return {
+        "freq_mae_thz": float(path_err.mean()),
+        "freq_max_error_thz": float(path_err.max()),
+        "gamma_freq_mae_thz": float(gamma_err.mean()),
+    }
+
+
+def plot_bands(result: dict, path: Path, reference: dict | None = None, title: str = "") -> None:
+    """Band structure (+ reference, dashed) and DOS side by side, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_dos) = plt.subplots(
+        1, 2, figsize=(8, 4), sharey=True, gridspec_kw={"width_ratios": [3, 1]}
+    )
+    x = np.asarray(result["path_x"])
+    # ASE repeats x at a path break (e.g. "K,U"): plot segments separately so no
+    # vertical line joins unrelated q-points, and merge the two labels.
+    cuts = [0, *(np.flatnonzero(np.diff(x) == 0) + 1).tolist(), len(x)]
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+        seg = slice(start, stop)
+        if reference is not None:
+            ref_freqs = np.asarray(reference["path_frequencies_thz"])[seg]
+            ax.plot(x[seg], ref_freqs, color="0.6", ls="--", lw=1)
+        ax.plot(x[seg], np.asarray(result["path_frequencies_thz"])[seg], color="C0", lw=1.2)
+    ticks: list[float] = []
+    labels: list[str] = []
+    for sx, lab in zip(result["path_special_x"], result["path_labels"]):
+        lab = r"$\Gamma$" if lab == "G" else lab
+        if ticks and abs(sx - ticks[-1]) < 1e-9:
+            labels[-1] += "|" + lab
+        else:
+            ticks.append(sx)
+            labels.append(lab)
+    for sx in ticks:
+        ax.axvline(sx, color="0.8", lw=0.8)
+    ax.axhline(0.0, color="k", lw=0.6)
+    ax.set_xticks(ticks, labels)
+    ax.set_xlim(x[0], x[-1])
+    ax.set_ylabel("frequency (THz)")
+    ax.set_title(title)
+    ax_dos.plot(result["dos"], result["dos_frequencies_thz"], color="C0")
+    ax_dos.set_xlabel("DOS")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_phonons(
+    model: ModelOptions,
+    structures: list[tuple[str, Atoms]],
+    settings: PhononSettings,
+    reference: ModelOptions | None = None,
+    out: Path | None = None,
+) -> dict:
+    """Phonons of every structure with ``model`` (and ``reference``).
+
+    Returns:
+        ``{"settings", "structures": {name: per-structure metrics}, "metrics"}``.
+    """
+    calc = model.build()
+    ref_calc = reference.build() if reference is not None and reference != model else None
+    per_structure: dict[str, dict] = {}
+    for name, atoms in structures:
+        check_species(calc, atoms, name, model.spec)
+        try:
+            res = compute_phonons(atoms, calc, settings)
+        except ValueError as exc:
+            raise ValueError(f"structure {name!r}: {exc}") from exc
+        ref = None
+        if reference is not None:
+            ref = res if ref_calc is None else compute_phonons(atoms, ref_calc, settings)
+            res.update(compare(res, ref))
+        res.pop("_fc")
+        if ref is not None:
+            ref.pop("_fc", None)
+        per_structure[name] = {
+            k: res[k]
+            for k in (
+                "max_frequency_thz",
+                "num_imaginary",
+                "asr_violation_raw",
+                "fc_asymmetry_raw",
+                "acoustic_gamma_max_abs_thz",
+                "freq_mae_thz",
+                "gamma_freq_mae_thz",
+            )
+            if k in res
+        }
+        if out is not None:
+            write_json(out / name / "phonons.json", res)
+            if ref is not None and ref is not res:
+                write_json(out / name / "reference_phonons.json", ref)
+            plot_bands(res, out / name / "bands.png", ref, f"{name}: {model.describe()}")
+    metrics = _summarize(per_structure)
+    result = {
+        "settings": {
+            "model": model.as_dict(),
+            "reference": reference.as_dict() if reference else None,
+            "supercell": list(settings.supercell),
+            "displacement": settings.displacement,
+            "relax_fmax": settings.relax_fmax,
+            "imaginary_tol_thz": settings.imaginary_tol,
+        },
+        "structures": per_structure,
+        "metrics": metrics,
+    }
+    if out is not None:
+        write_json(out / "results.json", result)
+        write_json(out / "metrics.json", metrics)
+    return result
+
+
+def _summarize(per_structure: dict[str, dict]) -> dict[str, float]:
+    rows = list(per_structure.values())
+
+    def col(key: str) -> list[float]:
+        return [r.get(key, math.nan) for r in rows]
+
+    return {
+        "phonon/num_structures": len(rows),
+        "phonon/freq_mae_THz": nanmean(col("freq_mae_thz")),
+        "phonon/gamma_freq_mae_THz": nanmean(col("gamma_freq_mae_thz")),
+        "phonon/max_freq_THz": max(col("max_frequency_thz")),
+        "phonon/num_imaginary": int(sum(col("num_imaginary"))),
+        "phonon/asr_violation": max(col("asr_violation_raw")),
+        "phonon/fc_asymmetry": max(col("fc_asymmetry_raw")),
+        "phonon/acoustic_gamma_max_THz": max(col("acoustic_gamma_max_abs_thz")),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m analysis.phonons", description=__doc__)
+    add_model_arguments(parser)
+    parser.add_argument("--structures", required=True, help="file or builtin:cu-fcc")
+    parser.add_argument("--supercell", type=int, nargs=3, default=[2, 2, 2])
+    parser.add_argument("--displacement", type=float, default=0.01, help="A")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--relax-fmax", type=float, default=1e-4, help="eV/A; <=0 skips")
+    parser.add_argument("--mesh", type=int, nargs=3, default=[16, 16, 16])
+    parser.add_argument(
+        "--reference-model",
+        default=None,
+        help="'emt', a model file, or 'none' (default: the same model, conservative forces)",
+    )
+    args = parser.parse_args(argv)
+    model = model_options_from_args(args)
+    settings = PhononSettings(
+        supercell=tuple(args.supercell),
+        displacement=args.displacement,
+        relax_fmax=args.relax_fmax if args.relax_fmax > 0 else None,
+        mesh=tuple(args.mesh),
+    )
+    reference = reference_options(model, args.reference_model)
+    result = run_phonons(model, load_structures(args.structures), settings, reference, args.out)
+    m = result["metrics"]
+    print(
+        f"phonons {model.describe()}: {m['phonon/num_structures']} structures, max freq "
+        f"{m['phonon/max_freq_THz']:.3f} THz, imaginary modes {m['phonon/num_imaginary']}, "
+        f"ASR violation (raw) {m['phonon/asr_violation']:.2e} eV/A^2, freq MAE "
+        f"{m['phonon/freq_mae_THz']:.2e} THz vs {reference.describe() if reference else 'none'} "
+        f"-> {args.out}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()

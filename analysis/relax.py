@@ -1,0 +1,319 @@
+"""Geometry optimisation benchmark: relax positions and cell, compare with a reference.
+
+    python -m analysis.relax --model emt --structures builtin:metals --out runs/relax \
+        [--fix-symmetry [--symprec 1e-2]] [--cell-filter frechet|none] [--optimizer fire|bfgs] \
+        [--fmax 0.01] [--max-steps 500] [--reference-model emt|none|FILE]
+
+Per structure: converged, steps, final energy, RMSD of the relaxed structure
+against a reference relaxation (by default the same model with conservative
+forces and no corrections; ``--reference-model emt`` for a model trained on
+EMT data), and the space group before and after at symprec 1e-5 and 1e-2.
+
+Writes ``DIR/results.csv`` (one row per structure), ``DIR/results.json``
+(settings, rows, metrics) and ``DIR/metrics.json`` (flat ``relax/...`` names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+from ase.constraints import FixSymmetry
+from ase.filters import FrechetCellFilter
+from ase.optimize import BFGS, FIRE
+
+from analysis.calculators import (
+    ModelOptions,
+    add_model_arguments,
+    check_species,
+    load_structures,
+    model_options_from_args,
+    nanmean,
+    reference_options,
+    spacegroup,
+    write_json,
+)
+
+SYMPREC_STRICT = 1e-5
+SYMPREC_LOOSE = 1e-2
+CSV_COLUMNS = (
+    "name",
+    "converged",
+    "steps",
+    "energy",
+    "energy_per_atom",
+    "rmsd",
+    "rmsd_normalized",
+    "volume_change",
+    "ref_converged",
+    "spacegroup_before",
+    "spacegroup_after",
+    "symprec",
+    "spacegroup_before_loose",
+    "spacegroup_after_loose",
+    "symprec_loose",
+)
+
+
+@dataclass(frozen=True)
+class RelaxSettings:
+    """How to relax.
+
+    Attributes:
+        fix_symmetry: constrain to the starting space group (ASE FixSymmetry).
+        symprec: tolerance (A) FixSymmetry uses to find that group.
+        cell_filter: ``frechet`` relaxes the cell too (periodic structures only).
+        optimizer: ``fire`` or ``bfgs``.
+        fmax: force convergence threshold in eV/A (the filter's generalised
+            forces include the stress times the volume).
+        max_steps: optimiser step limit.
+    """
+
+    fix_symmetry: bool = False
+    symprec: float = 1e-2
+    cell_filter: Literal["frechet", "none"] = "frechet"
+    optimizer: Literal["fire", "bfgs"] = "fire"
+    fmax: float = 0.01
+    max_steps: int = 500
+
+
+@dataclass
+class Relaxed:
+    """Outcome of one relaxation: the final structure (no calculator attached)."""
+
+    atoms: Atoms
+    converged: bool
+    steps: int
+    energy: float
+
+
+def relax_structure(atoms: Atoms, calc: Calculator, settings: RelaxSettings) -> Relaxed:
+    """Relax a copy of ``atoms`` with ``calc``.
+
+    Args:
+        atoms: starting structure (left untouched).
+        calc: any ASE calculator.
+        settings: optimiser, filter and symmetry options.
+
+    Returns:
+        The relaxed structure and convergence information.
+    """
+    work = atoms.copy()
+    work.calc = calc
+    if settings.fix_symmetry:
+        work.set_constraint(FixSymmetry(work, symprec=settings.symprec))
+    use_filter = settings.cell_filter == "frechet" and bool(work.pbc.all())
+    target = FrechetCellFilter(work) if use_filter else work
+    optimizer_cls = {"fire": FIRE, "bfgs": BFGS}[settings.optimizer]
+    opt = optimizer_cls(target, logfile=None)
+    converged = bool(opt.run(fmax=settings.fmax, steps=settings.max_steps))
+    energy = float(work.get_potential_energy())
+    final = work.copy()
+    final.calc = None
+    final.set_constraint()
+    return Relaxed(final, converged, int(opt.nsteps), energy)
+
+
+def _kabsch_aligned(pos: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``pos`` rigidly rotated/translated onto ``ref`` (molecules have no cell to align)."""
+    p, q = pos - pos.mean(0), ref - ref.mean(0)
+    u, _, vt = np.linalg.svd(p.T @ q)
+    d = np.sign(np.linalg.det(u @ vt))
+    return p @ (u @ np.diag([1.0, 1.0, d]) @ vt) + ref.mean(0)
+
+
+def structure_rmsd(atoms: Atoms, reference: Atoms) -> float:
+    """RMS atomic displacement (A) between two relaxations of the same structure.
+
+    Periodic cells are aligned by comparing fractional coordinates (so cell
+    shape and orientation drop out), with minimum-image wrapping and the mean
+    (rigid translation) removed, then measured in the reference cell.
+    Non-periodic structures use a Kabsch alignment.
+    """
+    if len(atoms) != len(reference) or (atoms.numbers != reference.numbers).any():
+        raise ValueError("RMSD needs the same atoms in the same order")
+    if atoms.pbc.all():
+        diff = atoms.get_scaled_positions(wrap=False) - reference.get_scaled_positions(wrap=False)
+        diff -= np.round(diff)
+        diff -= diff.mean(axis=0)
+        diff -= np.round(diff)  # an atom near the half-cell boundary after centring
+        disp = diff @ reference.cell.array
+    else:
+        disp = _kabsch_aligned(atoms.positions, reference.positions) - reference.positions
+    return float(np.sqrt(np.mean(np.sum(disp**2, axis=1))))
+
+
+def _relax_all(
+    options: ModelOptions, structures: list[tuple[str, Atoms]], settings: RelaxSettings
+) -> list[Relaxed]:
+    calc = options.build()
+    results = []
+    for name, atoms in structures:
+        check_species(calc, atoms, name, options.spec)
+        try:
+            results.append(relax_structure(atoms, calc, settings))
+        except Exception as exc:  # name the structure; the traceback keeps the cause
+            raise RuntimeError(
+                f"relaxing {name!r} with {options.describe()} failed: {exc}"
+            ) from exc
+    return results
+
+
+def run_relax(
+    model: ModelOptions,
+    structures: list[tuple[str, Atoms]],
+    settings: RelaxSettings,
+    reference: ModelOptions | None = None,
+    out: Path | None = None,
+) -> dict:
+    """Relax every structure with ``model`` (and ``reference``) and compare.
+
+    Args:
+        model: model and corrections to benchmark.
+        structures: (name, atoms) pairs.
+        settings: relaxation settings, shared by the reference relaxation.
+        reference: reference model; None skips the RMSD.
+        out: output directory for results.csv / results.json / metrics.json.
+
+    Returns:
+        ``{"settings", "rows", "metrics"}``; metrics use flat ``relax/`` names.
+    """
+    relaxed = _relax_all(model, structures, settings)
+    if reference is None:
+        ref_relaxed = None
+    elif reference == model:
+        ref_relaxed = relaxed  # the same deterministic calculation: RMSD 0 by construction
+    else:
+        ref_relaxed = _relax_all(reference, structures, settings)
+
+    rows = []
+    for k, ((name, start), res) in enumerate(zip(structures, relaxed)):
+        ref = ref_relaxed[k] if ref_relaxed is not None else None
+        rmsd = structure_rmsd(res.atoms, ref.atoms) if ref is not None else math.nan
+        periodic = bool(start.pbc.all())
+        scale = (res.atoms.get_volume() / len(start)) ** (1 / 3) if periodic else 1.0
+        rows.append(
+            {
+                "name": name,
+                "converged": res.converged,
+                "steps": res.steps,
+                "energy": res.energy,
+                "energy_per_atom": res.energy / len(start),
+                "ref_energy_per_atom": ref.energy / len(start) if ref else math.nan,
+                "rmsd": rmsd,
+                # Matbench-style: RMSD in units of (V/N)^(1/3)
+                "rmsd_normalized": rmsd / scale,
+                "volume_change": res.atoms.get_volume() / start.get_volume() - 1.0
+                if periodic
+                else math.nan,
+                "ref_converged": ref.converged if ref else None,
+                "spacegroup_before": spacegroup(start, SYMPREC_STRICT)[0],
+                "spacegroup_after": spacegroup(res.atoms, SYMPREC_STRICT)[0],
+                "symprec": SYMPREC_STRICT,
+                "spacegroup_before_loose": spacegroup(start, SYMPREC_LOOSE)[0],
+                "spacegroup_after_loose": spacegroup(res.atoms, SYMPREC_LOOSE)[0],
+                "symprec_loose": SYMPREC_LOOSE,
+                "cell": res.atoms.cell.array,
+            }
+        )
+    metrics = summarize(rows)
+    result = {
+        "settings": {
+            "model": model.as_dict(),
+            "reference": reference.as_dict() if reference else None,
+            **asdict(settings),
+        },
+        "rows": rows,
+        "metrics": metrics,
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "results.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        write_json(out / "results.json", result)
+        write_json(out / "metrics.json", metrics)
+    return result
+
+
+def summarize(rows: list[dict]) -> dict[str, float]:
+    """Flat ``relax/...`` metrics over the per-structure rows."""
+    num = len(rows)
+    energy_err = [abs(r["energy_per_atom"] - r["ref_energy_per_atom"]) for r in rows]
+    return {
+        "relax/num_structures": num,
+        "relax/converged_fraction": sum(r["converged"] for r in rows) / num,
+        "relax/steps_mean": float(np.mean([r["steps"] for r in rows])),
+        "relax/rmsd_mean": nanmean([r["rmsd"] for r in rows]),
+        "relax/rmsd_max": max((r["rmsd"] for r in rows), default=math.nan),
+        "relax/rmsd_normalized_mean": nanmean([r["rmsd_normalized"] for r in rows]),
+        "relax/energy_mae_per_atom": nanmean(energy_err),
+        "relax/spacegroup_kept_fraction": sum(
+            r["spacegroup_before"] == r["spacegroup_after"] for r in rows
+        )
+        / num,
+        "relax/spacegroup_kept_fraction_loose": sum(
+            r["spacegroup_before_loose"] == r["spacegroup_after_loose"] for r in rows
+        )
+        / num,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m analysis.relax", description=__doc__)
+    add_model_arguments(parser)
+    parser.add_argument("--structures", required=True, help="file or builtin:metals")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--fix-symmetry", action="store_true")
+    parser.add_argument(
+        "--symprec",
+        type=float,
+        default=1e-2,
+        help="A; tolerance FixSymmetry uses to find the group",
+    )
+    parser.add_argument("--cell-filter", choices=["frechet", "none"], default="frechet")
+    parser.add_argument("--optimizer", choices=["fire", "bfgs"], default="fire")
+    parser.add_argument("--fmax", type=float, default=0.01, help="eV/A")
+    parser.add_argument("--max-steps", type=int, default=500)
+    parser.add_argument(
+        "--reference-model",
+        default=None,
+        help="reference for the RMSD: 'emt', a model file, or 'none' "
+        "(default: the same model, conservative forces, no corrections)",
+    )
+    args = parser.parse_args(argv)
+    model = model_options_from_args(args)
+    settings = RelaxSettings(
+        fix_symmetry=args.fix_symmetry,
+        symprec=args.symprec,
+        cell_filter=args.cell_filter,
+        optimizer=args.optimizer,
+        fmax=args.fmax,
+        max_steps=args.max_steps,
+    )
+    reference = reference_options(model, args.reference_model)
+    result = run_relax(model, load_structures(args.structures), settings, reference, args.out)
+    m = result["metrics"]
+    n = m["relax/num_structures"]
+    print(
+        f"relax {model.describe()}: {n} structures, converged "
+        f"{round(m['relax/converged_fraction'] * n)}/{n}, mean steps {m['relax/steps_mean']:.0f}, "
+        f"RMSD mean {m['relax/rmsd_mean']:.2e} A vs "
+        f"{reference.describe() if reference else 'none'}, space group kept "
+        f"{round(m['relax/spacegroup_kept_fraction'] * n)}/{n} (symprec {SYMPREC_STRICT:g}), "
+        f"{round(m['relax/spacegroup_kept_fraction_loose'] * n)}/{n} (symprec {SYMPREC_LOOSE:g}) "
+        f"-> {args.out}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Inference speed vs system size, with and without inference-time corrections.
+
+    python -m analysis.speed --model emt [--sizes 64 256 1024] [--rot-l-max 3] \
+        [--repeats 3] [--out DIR]
+
+Times energy + forces (+ stress) on rattled fcc supercells of each size for
+these configurations: the plain model (for a model file, each force mode),
+rotationally averaged at each ``--rot-l-max`` (reported per grid size, with
+the cost relative to plain divided by the number of rotations: 1.0 means
+batching gained nothing, the issue's target is <= 1.2), and space-group
+projected (the cost of spglib + the projection; the cells are rattled, so
+the group is P1, as in MD).
+
+Writes ``DIR/results.json`` and ``DIR/metrics.json`` with flat names
+``speed/<config>/n<size>/us_per_atom`` (and ``atoms_per_s``, ``cost_vs_plain``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.calculator import Calculator
+
+from analysis.calculators import (
+    ModelOptions,
+    check_species,
+    write_json,
+)
+from train.corrections import rotation_grid
+
+
+def fcc_supercell(num_atoms: int, element: str = "Cu", rattle: float = 0.01) -> Atoms:
+    """A rattled fcc supercell of exactly ``num_atoms`` atoms (a multiple of 4).
+
+    The 4-atom cubic cell is repeated by the most cube-like factorisation of
+    num_atoms / 4.
+    """
+    if num_atoms % 4:
+        raise ValueError(f"size {num_atoms} is not a multiple of 4 (fcc cubic cell)")
+    cells = num_atoms // 4
+    best = (cells, 1, 1)
+    for a in range(1, cells + 1):
+        for b in range(a, cells // a + 1):
+            if cells % (a * b) == 0:
+                c = cells // (a * b)
+                if c >= b and max(a, b, c) - min(a, b, c) < max(best) - min(best):
+                    best = (a, b, c)
+    atoms = bulk(element, "fcc", cubic=True).repeat(best)
+    atoms.rattle(rattle, seed=num_atoms)
+    return atoms
+
+
+def _peak_memory_mb() -> float:
+    """Peak GPU memory since the last reset if a CUDA torch is loaded, else process RSS."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    # ru_maxrss is the process high-water mark (KiB on Linux): monotone over the run.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def time_calculator(calc: Calculator, atoms: Atoms, repeats: int = 3) -> dict[str, float]:
+    """Median wall time of energy + forces (+ stress) after one warm-up call.
+
+    ``calc.reset()`` before each call forces a fresh evaluation without moving
+    atoms (moving them could change neighbour lists between repeats).
+    """
+    work = atoms.copy()
+    work.calc = calc
+    with_stress = bool(work.pbc.all())
+
+    def evaluate() -> None:
+        calc.reset()
+        work.get_potential_energy()
+        work.get_forces()
+        if with_stress:
+            work.get_stress()
+
+    evaluate()  # warm-up: compilation, caches, neighbour-list allocation
+    _reset_peak_memory()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        evaluate()
+        times.append(time.perf_counter() - start)
+    seconds = float(np.median(times))
+    return {
+        "seconds": seconds,
+        "us_per_atom": 1e6 * seconds / len(atoms),
+        "atoms_per_s": len(atoms) / seconds,
+        "peak_memory_mb": _peak_memory_mb(),
+    }
+
+
+def speed_configs(model: ModelOptions, rot_l_max: list[int]) -> dict[str, ModelOptions]:
+    """Named configurations to time: plain (per force mode), averaged, projected."""
+    plain = model.plain()
+    configs = {}
+    modes = [None] if plain.spec == "emt" else ["direct", "conservative"]
+    for mode in modes:
+        configs["plain" if mode is None else mode] = ModelOptions(spec=plain.spec, forces=mode)
+    base = configs[next(iter(configs))]
+    for l_max in rot_l_max:
+        configs[f"rot{l_max}"] = ModelOptions(
+            spec=base.spec, forces=base.forces, rotational_average=l_max
+        )
+    configs["spacegroup"] = ModelOptions(spec=base.spec, forces=base.forces, space_group=True)
+    return configs
+
+
+def run_speed(
+    model: ModelOptions,
+    sizes: list[int],
+    rot_l_max: list[int],
+    repeats: int = 3,
+    element: str = "Cu",
+    out: Path | None = None,
+) -> dict:
+    """Time every configuration at every size.
+
+    Returns:
+        ``{"settings", "timings": {config: {size: timing}}, "metrics"}``.
+    """
+    configs = speed_configs(model, rot_l_max)
+    timings: dict[str, dict[int, dict[str, float]]] = {}
+    metrics: dict[str, float] = {}
+    for size in sizes:
+        atoms = fcc_supercell(size, element)
+        plain_seconds = math.nan
+        for name, options in configs.items():
+            calc = options.build()
+            check_species(calc, atoms, f"fcc {element} x{size}", options.spec)
+            timing = time_calculator(calc, atoms, repeats)
+            if name in ("plain", "direct"):
+                plain_seconds = timing["seconds"]
+            timing["cost_vs_plain"] = timing["seconds"] / plain_seconds
+            if options.rotational_average is not None:
+                num_rot = len(rotation_grid(options.rotational_average))
+                timing["num_rotations"] = num_rot
+                timing["cost_vs_plain_per_rotation"] = timing["cost_vs_plain"] / num_rot
+            timings.setdefault(name, {})[size] = timing
+            for key in ("us_per_atom", "atoms_per_s", "cost_vs_plain", "peak_memory_mb"):
+                metrics[f"speed/{name}/n{size}/{key}"] = timing[key]
+            if "cost_vs_plain_per_rotation" in timing:
+                metrics[f"speed/{name}/n{size}/cost_vs_plain_per_rotation"] = timing[
+                    "cost_vs_plain_per_rotation"
+                ]
+    result = {
+        "settings": {
+            "model": model.as_dict(),
+            "sizes": sizes,
+            "rot_l_max": rot_l_max,
+            "repeats": repeats,
+            "element": element,
+            "configs": {k: v.as_dict() for k, v in configs.items()},
+        },
+        "timings": timings,
+        "metrics": metrics,
+    }
+    if out is not None:
+        write_json(out / "results.json", result)
+        write_json(out / "metrics.json", metrics)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m analysis.speed", description=__doc__)
+    # Only the model: the corrections are what this command times, all of them.
+    parser.add_argument("--model", default="emt", help="'emt' or an exported model file")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--rot-l-max", type=int, nargs="*", default=[3])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--element", default="Cu")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    model = ModelOptions(spec=args.model)
+    result = run_speed(model, args.sizes, args.rot_l_max, args.repeats, args.element, args.out)
+    for name, by_size in result["timings"].items():
+        cells = ", ".join(
+            f"n={n}: {t['us_per_atom']:.1f} us/atom (x{t['cost_vs_plain']:.2f})"
+            for n, t in by_size.items()
+        )
+        print(f"speed {model.spec} {name}: {cells}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Launch a whole study: python -m slurm.sweep experiment=<study> cluster=<preset>
+study_dir=DIR [study.* overrides] [train overrides for every run]
+
+The grid is expanded into named runs under STUDY_DIR/runs/<name>/. With
+`cluster=local` the runs train in this process, one after another, each with a
+progress bar and a one-line result; with a SLURM preset they are submitted as
+one job array through submitit. Re-running the same command skips finished
+runs, resumes stopped ones and submits only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from slurm.study import RunSpec, StudyConfig, expand, run_state
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_KEYS = ("experiment", "cluster", "study_dir")
+
+
+@dataclass
+class SweepConfig:
+    study: StudyConfig = field(default_factory=StudyConfig)
+    cluster: dict[str, Any] = field(default_factory=dict)
+    study_dir: str | None = None
+
+
+def compose_sweep(args: list[str]) -> tuple[SweepConfig, list[str]]:
+    """Splits args into sweep settings and per-run train overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+
+    sweep_args, train_args = [], []
+    for arg in args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        (sweep_args if key in SWEEP_KEYS or key.startswith("study.") else train_args).append(arg)
+    ConfigStore.instance().store(name="sweep_schema", node=SweepConfig)
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name="sweep", overrides=sweep_args)
+    merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), cfg)
+    return OmegaConf.to_object(merged), train_args
+
+
+def prepare_data(study: StudyConfig, study_dir: Path) -> str:
+    """The study's shard directory: given, or generated once under STUDY_DIR/data."""
+    if study.data.root:
+        return study.data.root
+    gen = dict(study.data.generate)
+    if not gen:
+        raise ValueError("the study sets neither study.data.root nor study.data.generate")
+    out = study_dir / "data"
+    if (out / "manifest.json").exists():
+        manifest = json.loads((out / "manifest.json").read_text())
+        if manifest["sources"] and manifest["sources"][0].get("options", {}).get(
+                "num_structures") == gen.get("num_structures"):
+            return str(out)
+    from data_pipelines.convert import write_dataset
+    from data_pipelines.generate import generate_structures
+
+    n, seed = int(gen.get("num_structures", 1000)), int(gen.get("seed", 0))
+    calc = gen.get("calculator", "emt")
+    print(f"generating {n} structures ({calc}, seed {seed}) into {out}", flush=True)
+    write_dataset(generate_structures(n, seed=seed, calculator=calc, num_workers=1), out,
+                  shard_size=int(gen.get("shard_size", 1000)), seed=seed,
+                  name=f"{calc}-{n}-s{seed}", level_of_theory="EMT (ASE)", progress=True,
+                  sources=[{"path": f"generate:{calc}", "sha256": None,
+                            "options": {"calculator": calc, "num_structures": n,
+                                        "seed": seed}}])
+    return str(out)
+
+
+def _one_line(spec: RunSpec, result: dict, seconds: float) -> str:
+    status = result.get("status", "?")
+    if status == "finished":
+        metrics = ", ".join(f"{k.split('/')[-1]}={result[k]:.4g}" for k in
+                            ("val/energy_per_atom_mae", "val/forces_mae") if k in result)
+        return (f"{spec.name}: finished in {seconds:.0f}s, {result.get('num_params')} params, "
+                f"{result.get('atoms_seen')} atoms seen, {metrics}")
+    return f"{spec.name}: {status} {result.get('error', '')}".rstrip()
+
+
+def run_local(runs: list[RunSpec]) -> dict[str, dict]:
+    from slurm.job import train_once
+
+    results = {}
+    for k, spec in enumerate(runs, 1):
+        print(f"[{k}/{len(runs)}] {spec.name}", flush=True)
+        t0 = time.time()
+        results[spec.name] = train_once(spec.overrides, spec.run_dir, progress=True)
+        print("  " + _one_line(spec, results[spec.name], time.time() - t0), flush=True)
+    return results
+
+
+def submit_slurm(runs: list[RunSpec], cluster_cfg, study_dir: Path, name: str) -> dict:
+    from slurm.cluster import make_executor
+    from slurm.job import TrainJob
+
+    executor = make_executor(cluster_cfg, study_dir / "submitit" / "%j", job_name=name)
+    with executor.batch():
+        jobs = [executor.submit(TrainJob(), spec.overrides, str(spec.run_dir)) for spec in runs]
+    ids = {spec.name: job.job_id for spec, job in zip(runs, jobs)}
+    path = study_dir / "jobs.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known.update(ids)
+    path.write_text(json.dumps(known, indent=1))
+    for spec in runs:
+        print(f"submitted {spec.name} as job {ids[spec.name]}")
+    return ids
+
+
+def sweep(args: list[str]) -> dict:
+    from slurm.cluster import ClusterConfig, _to_plain, job_state
+
+    cfg, train_args = compose_sweep(args)
+    study = cfg.study
+    study_dir = Path(cfg.study_dir or REPO / "runs" / study.name).resolve()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    cluster_cfg = ClusterConfig.from_mapping(_to_plain(cfg.cluster))
+    data_root = prepare_data(study, study_dir)
+    runs = expand(study, study_dir, data_root, train_args)
+    (study_dir / "study.json").write_text(json.dumps(
+        {"name": study.name, "axes": study.axes, "budget": OmegaConf.to_container(
+            OmegaConf.structured(study.budget)), "data_root": data_root,
+         "runs": {r.name: {"axes": r.axes, "overrides": r.overrides} for r in runs}},
+        indent=1, default=str))
+    jobs = json.loads((study_dir / "jobs.json").read_text()) if (
+        study_dir / "jobs.json").exists() else {}
+    todo = []
+    for spec in runs:
+        state = run_state(spec.run_dir)
+        if state == "finished":
+            print(f"{spec.name}: finished, skipped")
+            continue
+        if cluster_cfg.kind == "slurm" and spec.name in jobs and job_state(
+                jobs[spec.name]) in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING"):
+            print(f"{spec.name}: job {jobs[spec.name]} still queued or running, skipped")
+            continue
+        todo.append(spec)
+    print(f"study {study.name}: {len(runs)} runs, {len(todo)} to run, in {study_dir}",
+          flush=True)
+    if not todo:
+        return {}
+    if cluster_cfg.kind == "local":
+        return run_local(todo)
+    return submit_slurm(todo, cluster_cfg, study_dir, study.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    from train.config import ConfigError
+
+    try:
+        results = sweep(args)
+    except (ConfigError, ValueError) as err:
+        print(f"sweep error: {err}", file=sys.stderr)
+        return 2
+    failed = [k for k, v in results.items() if isinstance(v, dict) and v.get("status")
+              == "failed"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
