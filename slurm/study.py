@@ -82,16 +82,19 @@ def run_name(axes: dict[str, Any]) -> str:
     return "_".join(parts) or "run"
 
 
-def budget_overrides(budget: BudgetConfig, family: str, size: str, knobs: dict,
-                     max_atoms: int) -> tuple[list[str], dict]:
+def budget_overrides(
+    budget: BudgetConfig, family: str, size: str, knobs: dict, max_atoms: int
+) -> tuple[list[str], dict]:
     """Overrides that enforce the budget rule, and its record for the summary."""
     if budget.rule == "steps":
         return [f"trainer.max_steps={budget.steps}"], {"rule": "steps", "steps": budget.steps}
     if budget.rule == "epochs":
         if not budget.epochs:
             raise ValueError("budget.rule=epochs needs budget.epochs")
-        return ([f"trainer.max_epochs={budget.epochs}", f"trainer.max_steps={budget.max_steps}"],
-                {"rule": "epochs", "epochs": budget.epochs})
+        return (
+            [f"trainer.max_epochs={budget.epochs}", f"trainer.max_steps={budget.max_steps}"],
+            {"rule": "epochs", "epochs": budget.epochs},
+        )
     if budget.rule == "atoms_per_param":
         from train.models import count_parameters
 
@@ -101,10 +104,20 @@ def budget_overrides(budget: BudgetConfig, family: str, size: str, knobs: dict,
         atoms = int(budget.atoms_per_param * params)
         # the schedule needs a length: steps at ~85% batch fill of the atom budget
         steps = max(budget.min_steps, math.ceil(atoms / (0.85 * max_atoms)))
-        return ([f"trainer.max_atoms_seen={atoms}", f"trainer.max_steps={budget.max_steps}",
-                 f"schedule.total_steps={steps}"],
-                {"rule": "atoms_per_param", "atoms_per_param": budget.atoms_per_param,
-                 "num_params": params, "max_atoms_seen": atoms, "schedule_steps": steps})
+        return (
+            [
+                f"trainer.max_atoms_seen={atoms}",
+                f"trainer.max_steps={budget.max_steps}",
+                f"schedule.total_steps={steps}",
+            ],
+            {
+                "rule": "atoms_per_param",
+                "atoms_per_param": budget.atoms_per_param,
+                "num_params": params,
+                "max_atoms_seen": atoms,
+                "schedule_steps": steps,
+            },
+        )
     raise ValueError(f"unknown budget rule '{budget.rule}' (steps, epochs, atoms_per_param)")
 
 
@@ -115,8 +128,7 @@ def _override_value(text: str, key: str) -> str | None:
     return None
 
 
-def expand(study: StudyConfig, study_dir: Path, data_root: str,
-           extra: list[str]) -> list[RunSpec]:
+def expand(study: StudyConfig, study_dir: Path, data_root: str, extra: list[str]) -> list[RunSpec]:
     """The grid: one RunSpec per combination of axis values, in a stable order."""
     axes = {k: list(v) if isinstance(v, list | tuple) else [v] for k, v in study.axes.items()}
     runs = []
@@ -128,8 +140,9 @@ def expand(study: StudyConfig, study_dir: Path, data_root: str,
         for key, value in point.items():
             if key == "model":
                 if value not in MODEL_CHOICES:
-                    raise ValueError(f"model axis value '{value}': choose from "
-                                     f"{', '.join(MODEL_CHOICES)}")
+                    raise ValueError(
+                        f"model axis value '{value}': choose from {', '.join(MODEL_CHOICES)}"
+                    )
                 family, forces = MODEL_CHOICES[value]
                 over += [f"model={family}", f"forces={forces}"]
             elif key == "size":
@@ -145,12 +158,15 @@ def expand(study: StudyConfig, study_dir: Path, data_root: str,
                     knobs[key.split(".")[-1]] = value
         over += extra
         max_atoms = int(_override_value(over[::-1], "data.max_atoms") or 256)
-        budget_over, budget_record = budget_overrides(study.budget, family, size, knobs,
-                                                      max_atoms)
+        budget_over, budget_record = budget_overrides(study.budget, family, size, knobs, max_atoms)
         run_dir = study_dir / "runs" / name
         over += budget_over
-        over += [f"run_dir={run_dir}", f"study={study.name}", f"name={name}",
-                 f"logger.group={study.name}"]
+        over += [
+            f"run_dir={run_dir}",
+            f"study={study.name}",
+            f"name={name}",
+            f"logger.group={study.name}",
+        ]
         over += [f"+axes.{k}={v}" for k, v in point.items()]
         over += [f"+budget.{k}={v}" for k, v in budget_record.items()]
         runs.append(RunSpec(name, point, over, run_dir))

@@ -59,7 +59,8 @@ def prepare_data(study: StudyConfig, study_dir: Path) -> str:
     if (out / "manifest.json").exists():
         manifest = json.loads((out / "manifest.json").read_text())
         if manifest["sources"] and manifest["sources"][0].get("options", {}).get(
-                "num_structures") == gen.get("num_structures"):
+            "num_structures"
+        ) == gen.get("num_structures"):
             return str(out)
     from data_pipelines.convert import write_dataset
     from data_pipelines.generate import generate_structures
@@ -67,22 +68,37 @@ def prepare_data(study: StudyConfig, study_dir: Path) -> str:
     n, seed = int(gen.get("num_structures", 1000)), int(gen.get("seed", 0))
     calc = gen.get("calculator", "emt")
     print(f"generating {n} structures ({calc}, seed {seed}) into {out}", flush=True)
-    write_dataset(generate_structures(n, seed=seed, calculator=calc, num_workers=1), out,
-                  shard_size=int(gen.get("shard_size", 1000)), seed=seed,
-                  name=f"{calc}-{n}-s{seed}", level_of_theory="EMT (ASE)", progress=True,
-                  sources=[{"path": f"generate:{calc}", "sha256": None,
-                            "options": {"calculator": calc, "num_structures": n,
-                                        "seed": seed}}])
+    write_dataset(
+        generate_structures(n, seed=seed, calculator=calc, num_workers=1),
+        out,
+        shard_size=int(gen.get("shard_size", 1000)),
+        seed=seed,
+        name=f"{calc}-{n}-s{seed}",
+        level_of_theory="EMT (ASE)",
+        progress=True,
+        sources=[
+            {
+                "path": f"generate:{calc}",
+                "sha256": None,
+                "options": {"calculator": calc, "num_structures": n, "seed": seed},
+            }
+        ],
+    )
     return str(out)
 
 
 def _one_line(spec: RunSpec, result: dict, seconds: float) -> str:
     status = result.get("status", "?")
     if status == "finished":
-        metrics = ", ".join(f"{k.split('/')[-1]}={result[k]:.4g}" for k in
-                            ("val/energy_per_atom_mae", "val/forces_mae") if k in result)
-        return (f"{spec.name}: finished in {seconds:.0f}s, {result.get('num_params')} params, "
-                f"{result.get('atoms_seen')} atoms seen, {metrics}")
+        metrics = ", ".join(
+            f"{k.split('/')[-1]}={result[k]:.4g}"
+            for k in ("val/energy_per_atom_mae", "val/forces_mae")
+            if k in result
+        )
+        return (
+            f"{spec.name}: finished in {seconds:.0f}s, {result.get('num_params')} params, "
+            f"{result.get('atoms_seen')} atoms seen, {metrics}"
+        )
     return f"{spec.name}: {status} {result.get('error', '')}".rstrip()
 
 
@@ -125,26 +141,39 @@ def sweep(args: list[str]) -> dict:
     cluster_cfg = ClusterConfig.from_mapping(_to_plain(cfg.cluster))
     data_root = prepare_data(study, study_dir)
     runs = expand(study, study_dir, data_root, train_args)
-    (study_dir / "study.json").write_text(json.dumps(
-        {"name": study.name, "axes": study.axes, "budget": OmegaConf.to_container(
-            OmegaConf.structured(study.budget)), "data_root": data_root,
-         "runs": {r.name: {"axes": r.axes, "overrides": r.overrides} for r in runs}},
-        indent=1, default=str))
-    jobs = json.loads((study_dir / "jobs.json").read_text()) if (
-        study_dir / "jobs.json").exists() else {}
+    (study_dir / "study.json").write_text(
+        json.dumps(
+            {
+                "name": study.name,
+                "axes": study.axes,
+                "budget": OmegaConf.to_container(OmegaConf.structured(study.budget)),
+                "data_root": data_root,
+                "runs": {r.name: {"axes": r.axes, "overrides": r.overrides} for r in runs},
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    jobs = (
+        json.loads((study_dir / "jobs.json").read_text())
+        if (study_dir / "jobs.json").exists()
+        else {}
+    )
     todo = []
     for spec in runs:
         state = run_state(spec.run_dir)
         if state == "finished":
             print(f"{spec.name}: finished, skipped")
             continue
-        if cluster_cfg.kind == "slurm" and spec.name in jobs and job_state(
-                jobs[spec.name]) in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING"):
+        if (
+            cluster_cfg.kind == "slurm"
+            and spec.name in jobs
+            and job_state(jobs[spec.name]) in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING")
+        ):
             print(f"{spec.name}: job {jobs[spec.name]} still queued or running, skipped")
             continue
         todo.append(spec)
-    print(f"study {study.name}: {len(runs)} runs, {len(todo)} to run, in {study_dir}",
-          flush=True)
+    print(f"study {study.name}: {len(runs)} runs, {len(todo)} to run, in {study_dir}", flush=True)
     if not todo:
         return {}
     if cluster_cfg.kind == "local":
@@ -164,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"sweep error: {err}", file=sys.stderr)
         return 2
-    failed = [k for k, v in results.items() if isinstance(v, dict) and v.get("status")
-              == "failed"]
+    failed = [k for k, v in results.items() if isinstance(v, dict) and v.get("status") == "failed"]
     return 1 if failed else 0
 
 

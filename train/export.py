@@ -76,12 +76,9 @@ def load_model(path: str | Path, forces: str | None = None, device="cpu", dtype=
             f"{path} was trained with conservative forces only: it has no direct "
             "force head; use forces='conservative'"
         )
-    if build in ("direct", "conservative") and trained == "both":
-        build_mode = "both"
-    elif build == "conservative" and trained == "direct":
-        build_mode = "direct"
-    else:
-        build_mode = build
+    # A pet model has the same parameters in every mode; "both" serves either kind
+    # (gradient forces under forces/stress, head forces under direct_*).
+    build_mode = "both" if payload["family"] == "pet" and build != trained else build
     model = build_model(payload["family"], payload["size"], build_mode, **payload["knobs"])
     model.load_state_dict(payload["state_dict"])
     model.forces_requested = build
