@@ -32,7 +32,8 @@ def train_once(overrides: list[str], run_dir: Path, progress: bool = False) -> d
         cfg = to_object(compose([*overrides, f"trainer.progress={str(progress).lower()}"]))
         return run(cfg)
     except ConfigError as err:
-        write_error(run_dir, f"config error: {err}")
+        first = str(err).splitlines()[0]
+        write_error(run_dir, f"{err}\n\nconfig error: {first}")  # the last line sums it up
         return {"status": "failed", "error": f"config error: {str(err).splitlines()[0]}"}
     except Exception as err:  # noqa: BLE001 - a failed run must not stop the study
         write_error(run_dir, traceback.format_exc() + f"\n{type(err).__name__}: {err}")
@@ -48,13 +49,15 @@ class TrainJob(submitit.helpers.Checkpointable):
             # one process per GPU/task: RANK, WORLD_SIZE, MASTER_ADDR/PORT, LOCAL_RANK
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         os.environ.setdefault("WANDB_MODE", "offline")
-        result = train_once(overrides, Path(run_dir))
-        if result.get("status") == "preempted" and result.get("signal") is not None:
+        stop = "trainer.stop_signals=[SIGUSR1,SIGUSR2]"
+        result = train_once([*overrides, stop], Path(run_dir))
+        if result.get("status") == "preempted":
             import signal
 
-            handler = signal.getsignal(result["signal"])
+            # the checkpoint is on disk: let submitit requeue us (checkpoint() below)
+            handler = signal.getsignal(signal.SIGUSR2)
             if callable(handler):
-                handler(result["signal"], None)  # submitit: checkpoint() + requeue + exit
+                handler(signal.SIGUSR2, None)
         return result
 
     def checkpoint(self, overrides: list[str], run_dir: str) -> submitit.helpers.DelayedSubmission:

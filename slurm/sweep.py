@@ -40,10 +40,20 @@ def compose_sweep(args: list[str]) -> tuple[SweepConfig, list[str]]:
     sweep_args, train_args = [], []
     for arg in args:
         key = arg.split("=", 1)[0].lstrip("+~")
+        if key.startswith("study.axes.") and not arg.startswith(("+", "~")):
+            arg = "++" + arg  # an axis may be new to the study: add or replace it
         (sweep_args if key in SWEEP_KEYS or key.startswith("study.") else train_args).append(arg)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from train.config import ConfigError
+
     ConfigStore.instance().store(name="sweep_schema", node=SweepConfig)
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose(config_name="sweep", overrides=sweep_args)
+    try:
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            cfg = compose(config_name="sweep", overrides=sweep_args)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(str(err)) from None
     merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), cfg)
     return OmegaConf.to_object(merged), train_args
 

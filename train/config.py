@@ -134,6 +134,9 @@ class TrainerConfig:
     dtype: str = "float32"  # float32 | float64 (model and batch)
     threads: int | None = None
     progress: bool = False  # a progress bar on stderr (sweeps on a workstation)
+    # signals that checkpoint and stop the run (under submitit: USR1/USR2 only,
+    # since submitit ignores SIGTERM and requeues on USR2)
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
 
 
 @dataclass

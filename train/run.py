@@ -264,6 +264,7 @@ def run(cfg: TrainConfig) -> dict:
         "padded_steps": progress.padded_steps,
         "world_size": info.world_size,
         "axes": dict(cfg.axes),
+        "budget": dict(cfg.budget),
         "study": cfg.study,
         "seed": cfg.seed,
         "data": {

@@ -126,7 +126,8 @@ class Trainer:
             self._stop_signal = signum
 
         self.previous_handlers = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        for name in self.cfg.trainer.stop_signals:
+            sig = getattr(signal, name)
             self.previous_handlers[sig] = signal.getsignal(sig)
             signal.signal(sig, handler)
 

@@ -1,0 +1,182 @@
+"""Sweeps end to end: a local grid (failures isolated, idempotent re-runs, nested
+data subsets, status), and a SLURM job array on the local cluster whose job is
+preempted, requeued and resumed from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = [
+    "study.budget.steps=4",
+    "study.data.generate.num_structures=60",
+    "study.data.generate.shard_size=20",
+    "trainer.val_every=2",
+    "trainer.checkpoint_every=2",
+    "logger=none",
+    "trainer.threads=1",
+]
+
+
+def sweep(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "slurm.sweep", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return proc
+
+
+def test_local_sweep_isolates_failures_and_is_idempotent(tmp_path):
+    study = tmp_path / "study"
+    args = [
+        "experiment=smoke",
+        "cluster=local",
+        f"study_dir={study}",
+        *SMALL,
+        "study.axes.model=[pet-direct]",
+        "study.axes.data_fraction=[0.5,1.0]",
+        "study.axes.size=[tiny,nosuch]",
+    ]
+    first = sweep(*args)
+    assert first.returncode == 1, first.stdout + first.stderr  # two runs failed
+    runs = {p.name: p for p in (study / "runs").iterdir()}
+    assert sorted(runs) == [
+        "pet-direct_f0.5_nosuch",
+        "pet-direct_f0.5_tiny",
+        "pet-direct_f1_nosuch",
+        "pet-direct_f1_tiny",
+    ]
+    for name in ("pet-direct_f0.5_nosuch", "pet-direct_f1_nosuch"):
+        error = (runs[name] / "error.txt").read_text()
+        assert "config error" in error and "size/nosuch" in error
+        assert not (runs[name] / "metrics.jsonl").exists()  # failed at once
+    half = json.loads((runs["pet-direct_f0.5_tiny"] / "summary.json").read_text())
+    full = json.loads((runs["pet-direct_f1_tiny"] / "summary.json").read_text())
+    assert half["axes"] == {"model": "pet-direct", "data_fraction": 0.5, "size": "tiny"}
+    assert half["budget"]["rule"] == "steps" and half["steps"] == 4
+    total = full["data"]["num_train_structures"]
+    assert half["data"]["num_train_structures"] == round(0.5 * total)
+
+    from data_pipelines.inspect import iter_split
+    from data_pipelines.subsets import subset_threshold, subset_u
+
+    root = str(study / "data")
+    small = {
+        s.source_id
+        for s in iter_split(root, "train")
+        if subset_u(s.source_id) <= subset_threshold(root, "train", 0.3)["threshold"]
+    }
+    large = {
+        s.source_id
+        for s in iter_split(root, "train")
+        if subset_u(s.source_id) <= subset_threshold(root, "train", 0.6)["threshold"]
+    }
+    assert small < large  # nested
+
+    again = sweep(*args)
+    assert again.stdout.count("finished, skipped") == 2
+    assert "2 to run" in again.stdout  # only the failed ones are tried again
+
+    status = subprocess.run(
+        [sys.executable, "-m", "slurm.status", str(study)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "2 failed, 2 finished" in status
+    assert "Could not find 'size/nosuch'" in status or "size/nosuch" in status
+
+
+@pytest.fixture(scope="module")
+def local_slurm():
+    from slurm.cluster import SlurmUnavailable, ensure_local_slurm
+
+    if os.environ.get("MLIP_SLURM_TESTS") == "0":
+        pytest.skip("MLIP_SLURM_TESTS=0")
+    try:
+        return ensure_local_slurm()
+    except SlurmUnavailable as error:
+        pytest.skip(f"local SLURM cluster unavailable: {error}")
+
+
+def _wait(predicate, what, timeout_s=400):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_slurm_sweep_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
+    import submitit
+
+    from slurm.cluster import job_state, release_requeued
+
+    study = tmp_path / "slurm-study"
+    proc = sweep(
+        "experiment=smoke",
+        "cluster=local-slurm",
+        f"study_dir={study}",
+        "study.budget.steps=40",
+        "study.data.generate.num_structures=60",
+        "study.data.generate.shard_size=20",
+        "study.axes.model=[pet-direct]",
+        "study.axes.data_fraction=[1.0]",
+        "trainer.val_every=0",
+        "trainer.checkpoint_every=1000",
+        "logger=none",
+        "trainer.threads=1",
+        check=True,
+    )
+    assert "submitted pet-direct_f1 as job" in proc.stdout
+    job_id = json.loads((study / "jobs.json").read_text())["pet-direct_f1"]
+    run = study / "runs" / "pet-direct_f1"
+
+    def steps() -> int:
+        path = run / "metrics.jsonl"
+        if not path.exists():
+            return 0
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        return max([r.get("step", 0) for r in rows] + [0])
+
+    _wait(lambda: steps() >= 5, "the job to train a few steps")
+    job = submitit.SlurmJob(study / "submitit" / "%j", job_id)
+    job._interrupt(timeout=False)  # SIGTERM then USR2, as SLURM does on preemption
+
+    def finished() -> bool:
+        if (run / "summary.json").exists():
+            return True
+        if job_state(job_id) == "PENDING":
+            release_requeued(job_id)
+        return False
+
+    _wait(finished, "the requeued job to finish")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 40
+    ckpt_steps = [int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*")]
+    assert max(ckpt_steps) == 40
+    logs = "".join(p.read_text() for p in (study / "submitit").rglob("*_log.out"))
+    assert "resumed" in logs and "from step" in logs
+    status = subprocess.run(
+        [sys.executable, "-m", "slurm.status", str(study)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "1 finished" in status
