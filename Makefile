@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint bench clean-venv
+.PHONY: setup demo test lint bench clean-venv
 
 setup: $(STAMP)
 
@@ -19,9 +19,12 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+demo: $(STAMP)
+	$(PY) -m analysis.demo --out runs/demo
+
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not slow"
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m analysis.bench --out runs/bench

@@ -199,6 +199,9 @@ def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
     from omegaconf.errors import OmegaConfBaseException
 
     _register()
+    # free-form maps: a knob or axis may be new to them, so add-or-replace
+    free = ("model.knobs.", "axes.", "budget.")
+    overrides = [f"++{o}" if o.startswith(free) else o for o in overrides]
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
