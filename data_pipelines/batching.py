@@ -37,9 +37,22 @@ def make_graph(structure: Structure, cutoff: float) -> Graph:
     return Graph(structure, i, j, s)
 
 
+_NP_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.bfloat16: np.float32}
+
+
 def collate(graphs: list[Graph], dtype: torch.dtype = torch.float64) -> dict:
     """Flat batch of several graphs; labels that a structure lacks are zero-filled
-    and flagged by has_energy / has_forces / has_stress."""
+    and flagged by has_energy / has_forces / has_stress.
+
+    Conversions happen in numpy: torch's multithreaded `.to()` on many small
+    tensors costs more than it saves, badly so on a busy machine.
+    """
+    fdt = _NP_DTYPES[dtype]
+
+    def floats(array: np.ndarray) -> torch.Tensor:
+        out = torch.from_numpy(np.ascontiguousarray(array, dtype=fdt))
+        return out.to(dtype) if dtype == torch.bfloat16 else out
+
     structures = [g.structure for g in graphs]
     num_atoms = np.array([s.num_atoms for s in structures], dtype=np.int64)
     ptr = np.zeros(len(structures) + 1, dtype=np.int64)
@@ -55,20 +68,20 @@ def collate(graphs: list[Graph], dtype: torch.dtype = torch.float64) -> dict:
     energy = np.array([s.energy if s.energy is not None else 0.0 for s in structures])
     return {
         K.SPECIES: torch.from_numpy(np.concatenate([s.numbers for s in structures])),
-        K.POSITIONS: torch.from_numpy(np.concatenate([s.positions for s in structures])).to(dtype),
-        K.CELL: torch.from_numpy(np.stack([s.cell for s in structures])).to(dtype),
+        K.POSITIONS: floats(np.concatenate([s.positions for s in structures])),
+        K.CELL: floats(np.stack([s.cell for s in structures])),
         K.PBC: torch.from_numpy(np.stack([s.pbc for s in structures])),
         K.BATCH: torch.from_numpy(np.repeat(np.arange(len(structures)), num_atoms)),
         K.PTR: torch.from_numpy(ptr),
         K.NUM_ATOMS: torch.from_numpy(num_atoms),
         K.EDGE_INDEX: torch.from_numpy(np.stack([edge_i, edge_j])),
-        K.CELL_SHIFTS: torch.from_numpy(shifts).to(dtype),
-        K.ENERGY: torch.from_numpy(energy).to(dtype),
-        K.FORCES: torch.from_numpy(forces).to(dtype),
-        K.STRESS: torch.from_numpy(stress).to(dtype),
-        K.HAS_ENERGY: torch.tensor([s.energy is not None for s in structures]),
-        K.HAS_FORCES: torch.tensor([s.forces is not None for s in structures]),
-        K.HAS_STRESS: torch.tensor([s.stress is not None for s in structures]),
+        K.CELL_SHIFTS: floats(shifts),
+        K.ENERGY: floats(energy),
+        K.FORCES: floats(forces),
+        K.STRESS: floats(stress),
+        K.HAS_ENERGY: torch.from_numpy(np.array([s.energy is not None for s in structures])),
+        K.HAS_FORCES: torch.from_numpy(np.array([s.forces is not None for s in structures])),
+        K.HAS_STRESS: torch.from_numpy(np.array([s.stress is not None for s in structures])),
         K.IDS: [s.source_id for s in structures],
     }
 

@@ -13,7 +13,8 @@ _NEIGHBOUR_LISTS: dict[float, vesin.NeighborList] = {}
 def _calculator(cutoff: float) -> vesin.NeighborList:
     nl = _NEIGHBOUR_LISTS.get(cutoff)
     if nl is None:
-        nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
+        # one thread: loader workers parallelise across processes instead
+        nl = vesin.NeighborList(cutoff=cutoff, full_list=True, n_threads=1)
         _NEIGHBOUR_LISTS[cutoff] = nl
     return nl
 
