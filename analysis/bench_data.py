@@ -61,18 +61,23 @@ def _timed(fn, repeat: int = 1):
 
 
 def _peak_rss_mib(code: str) -> float:
-    """Runs python code in a fresh process; returns how far its peak RSS rose above
-    the process after its imports (MiB), i.e. the memory the work itself needed."""
+    """Runs python code in a fresh process; returns how far its resident memory rose
+    above the process after its imports (MiB), sampled every 2 ms, i.e. the memory
+    the work itself needed. (ru_maxrss cannot tell: importing torch peaks higher.)"""
     script = (
-        "import resource, numpy, torch, ase, vesin, data_pipelines.convert, "
+        "import threading, time, psutil, numpy, torch, ase, vesin, data_pipelines.convert, "
         "data_pipelines.loader, data_pipelines.sources\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "proc = psutil.Process(); base = proc.memory_info().rss; peak = [base]; run = [True]\n"
+        "def watch():\n"
+        "    while run[0]:\n"
+        "        peak[0] = max(peak[0], proc.memory_info().rss); time.sleep(0.002)\n"
+        "w = threading.Thread(target=watch); w.start()\n"
         + code
-        + "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)"
+        + "\nrun[0] = False; w.join(); print(max(peak[0] - base, 0))"
     )
     out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
                          text=True)
-    return max(int(out.stdout.strip().splitlines()[-1]), 1) / 1024
+    return max(int(out.stdout.strip().splitlines()[-1]), 1024) / 2**20
 
 
 def run(num_structures: int = 2000, cutoff: float = 5.0, memory_check: bool = True) -> dict:
