@@ -113,8 +113,11 @@ def headline(report_dir: Path, speed_metrics: dict) -> list[str]:
             key = "alpha" if law == "N" else "beta"
             p = fit["params"].get(key)
             if p:
-                lines.append(f"{family}: force-error exponent {key} = {p['value']:.3g} "
-                             f"[{p['ci'][0]:.3g}, {p['ci'][1]:.3g}] (L({law}))")
+                ci = (f"[{p['ci'][0]:.3g}, {p['ci'][1]:.3g}]" if p.get("ci")
+                      else "(no interval: too few runs)")
+                verdict = fit.get("quality", {}).get("verdict", "?")
+                lines.append(f"{family}: force-error exponent {key} = {p['value']:.3g} {ci} "
+                             f"(L({law}), fit {verdict})")
     direct = [v for k, v in speed_metrics.items() if "direct" in k and "us_per_atom" in k]
     conservative = [v for k, v in speed_metrics.items()
                     if "conservative" in k and "us_per_atom" in k]

@@ -1,0 +1,451 @@
+"""Scaling-law analysis of a study: fits per family and metric, frontier, comparisons.
+
+    python -m analysis.scaling STUDY_DIR_OR_CSV... --out REPORT_DIR \\
+        [--metric NAME]... [--law N|D|ND]... [--form offset|pure] [--data atoms_seen]
+
+writes REPORT_DIR/fits.json, runs.csv, figures/*.png|pdf and report.md (see
+analysis.report). L(N) is fitted at fixed data (the data budget with the most
+distinct sizes), L(D) at fixed size, L(N, D) on all runs of a family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from analysis.diagnostics import loo_cv, loo_largest
+from analysis.fits import FitError, FitResult, Law, clusters, fit_law, num_distinct
+from analysis.frontier import compare_pair, frontier, pareto
+from analysis.load import DATA_MEASURES, LoadError, Run, available_metrics, load_inputs
+from analysis.load import resolve_metric as _resolve_metric
+
+_D_TOL = 0.05  # runs within 5% of data seen share a data budget (dynamic batching jitters it)
+_N_TOL = 0.01
+
+
+@dataclass
+class Settings:
+    """How to fit. Attributes mirror the CLI flags."""
+
+    laws: tuple[str, ...] = ("N", "D", "ND")
+    form: str = "offset"
+    # auto: atoms_seen, or the training-set size if that is all that varies
+    data_measure: str = "auto"
+    num_bootstrap: int = 1000
+    ci_level: float = 0.95
+    huber_delta: float = 1e-3
+    seed: int = 0
+    loo_bootstrap: int = 100
+    workers: int = 1
+
+
+@dataclass
+class FitEntry:
+    """One fitted law for one family and metric, with what it was fitted to."""
+
+    family: str
+    metric: str
+    law_name: str
+    result: FitResult
+    runs: list[Run]
+    data_measure: str
+    fixed: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    loo: dict = field(default_factory=dict)
+    loo_cv_rmse_log: float | None = None
+
+
+@dataclass
+class Analysis:
+    """Everything the report needs."""
+
+    runs: list[Run]
+    metrics: list[str]
+    settings: Settings
+    fits: dict[str, dict[str, dict[str, FitEntry]]] = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)
+    excluded: list[dict] = field(default_factory=list)
+    frontiers: dict[str, dict[str, dict]] = field(default_factory=dict)
+    pareto: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
+    comparisons: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def families(self) -> list[str]:
+        return sorted({r.family for r in self.runs if r.finished})
+
+    def entries(self):
+        for fam in self.fits.values():
+            for laws in fam.values():
+                yield from laws.values()
+
+
+# --- choosing the runs for a law ------------------------------------------------
+
+
+def _usable(runs: list[Run], family: str, metric: str, out: Analysis) -> list[Run]:
+    """Finished runs of a family with a positive, finite metric; the rest are
+    recorded in out.excluded with the reason."""
+    keep = []
+    for r in runs:
+        if not r.finished or r.family != family or metric not in r.metrics:
+            continue
+        v = r.metrics[metric]
+        reason = None
+        if not math.isfinite(v):
+            reason = f"{metric} is {v} (diverged run?)"
+        elif v <= 0:
+            reason = (
+                f"{metric} = {v:g}: a power law needs positive values (exactly 0 is "
+                "expected for e.g. the non-conservativeness of gradient forces)"
+            )
+        elif not r.num_params or r.num_params <= 0:
+            reason = "num_params missing"
+        if reason:
+            out.excluded.append(
+                {"run": r.name, "family": family, "metric": metric, "reason": reason}
+            )
+        else:
+            keep.append(r)
+    return keep
+
+
+def _measure(runs: list[Run], wanted: str) -> tuple[str, str | None]:
+    """The data measure to use: the one asked for when the runs have it."""
+    if any(r.data(wanted) for r in runs):
+        return wanted, None
+    for alt in DATA_MEASURES:
+        if any(r.data(alt) for r in runs):
+            return alt, f"no run records {wanted}; D is {alt} instead"
+    return wanted, None
+
+
+def choose_measure(runs: list[Run], wanted: str) -> tuple[str, str | None]:
+    """Resolve "auto": atoms seen, unless no family's runs differ in it while their
+    training sets do (a fixed step budget over nested subsets), in which case D is
+    the training-set size; says so."""
+    if wanted != "auto":
+        return wanted, None
+    fams = {r.family for r in runs}
+
+    def varies(measure: str) -> bool:
+        return any(
+            num_distinct([v for r in runs if r.family == f and (v := r.data(measure))]) >= 2
+            for f in fams
+        )
+
+    if varies("atoms_seen"):
+        return "atoms_seen", None
+    for alt in ("train_atoms", "train_structures"):
+        if varies(alt):
+            return alt, (
+                f"atoms seen is the same for every run of a family while the training "
+                f"sets differ: D is the training-set size ({alt})"
+            )
+    return "atoms_seen", None
+
+
+def _slice(runs: list[Run], axis: str, measure: str) -> tuple[list[Run], dict | None, str | None]:
+    """Runs at one fixed value of the other axis: the slice with the most distinct
+    values along `axis`, ties to the most runs, then the largest fixed value."""
+    if axis == "N":
+        fixed = [r.data(measure) or 0.0 for r in runs]
+        # Runs with the same data seen but different training sets (fixed steps,
+        # nested subsets) are not at fixed data: split them as well.
+        train = [r.num_train_atoms or r.num_train_structures or 0.0 for r in runs]
+        keys = list(zip(clusters(fixed, _D_TOL), clusters(train, _D_TOL)))
+        along = [r.num_params for r in runs]
+    else:
+        fixed = [r.num_params for r in runs]
+        keys = list(clusters(fixed, _N_TOL))
+        along = [r.data(measure) for r in runs]
+    groups: dict = {}
+    for r, k, f, a in zip(runs, keys, fixed, along):
+        groups.setdefault(k, []).append((r, f, a))
+    best = max(
+        groups.values(),
+        key=lambda g: (num_distinct([a for *_, a in g]), len(g), max(f for _, f, _ in g)),
+    )
+    chosen = [r for r, *_ in best]
+    fixed_vals = [f for _, f, _ in best]
+    name = "num_params" if axis == "D" else measure
+    desc = {
+        "quantity": name,
+        "min": min(fixed_vals),
+        "max": max(fixed_vals),
+        "num_slices": len(groups),
+    }
+    if num_distinct([a for *_, a in best]) < 2 and num_distinct(along) >= 2:
+        what = "data budget" if axis == "N" else "size"
+        return (
+            runs,
+            None,
+            (
+                f"no two runs share a {what}: L({axis}) is fitted across all "
+                f"runs, so it mixes in the effect of the other axis"
+            ),
+        )
+    return chosen, desc, None
+
+
+def _fit_with_fallback(x, y, names, law_name: str, s: Settings, what: str, seed: int):
+    law = Law.parse(law_name, offset=s.form == "offset")
+    kw = dict(
+        names=names,
+        delta=s.huber_delta,
+        num_bootstrap=s.num_bootstrap,
+        ci_level=s.ci_level,
+        seed=seed,
+        what=what,
+    )
+    try:
+        return fit_law(x, y, law, **kw), []
+    except FitError as err:
+        if not law.offset:
+            raise
+        pure = Law(law.axes, offset=False)
+        try:
+            res = fit_law(x, y, pure, **kw)
+        except FitError as err2:
+            raise FitError(
+                f"{err}; not even the pure power law can be fitted: {err2.short}", err2.short
+            ) from None
+        return res, [
+            f"fell back to the pure power law {pure.formula()}: the offset law has {err.short}"
+        ]
+
+
+def fit_entry(
+    runs: list[Run], family: str, metric: str, law_name: str, s: Settings, seed: int
+) -> FitEntry:
+    """Fit one law to a family's runs, choosing the slice it needs."""
+    measure, note = _measure(runs, s.data_measure)
+    notes = [note] if note else []
+    fixed = None
+    if law_name in ("N", "D"):
+        pool = runs if law_name == "N" else [r for r in runs if r.data(measure)]
+        if not pool:
+            raise FitError(f"no run records {measure}")
+        chosen, fixed, note = _slice(pool, law_name, measure)
+        notes += [note] if note else []
+    else:
+        chosen = [r for r in runs if r.data(measure)]
+        if len(chosen) < len(runs):
+            notes.append(f"{len(runs) - len(chosen)} run(s) without {measure} left out")
+    x = {"N": np.array([r.num_params for r in chosen], dtype=float)}
+    if law_name != "N":
+        x["D"] = np.array([r.data(measure) for r in chosen], dtype=float)
+    y = np.array([r.metrics[metric] for r in chosen])
+    what = f"{family}, {metric}, L({','.join(law_name)})"
+    res, fb_notes = _fit_with_fallback(x, y, [r.name for r in chosen], law_name, s, what, seed)
+    entry = FitEntry(
+        family, metric, law_name, res, chosen, measure, fixed, notes + fb_notes + res.notes
+    )
+    entry.loo = loo_largest(res, min(s.loo_bootstrap, s.num_bootstrap), seed)
+    entry.loo_cv_rmse_log = loo_cv(res) if res.quality["dof"] > 0 else None
+    return entry
+
+
+# --- the whole study ----------------------------------------------------------------
+
+
+def _task(args) -> FitEntry | str:
+    usable, family, metric, law, settings, seed = args
+    try:
+        if not usable:
+            raise FitError(f"no finished run of {family} records {metric}")
+        return fit_entry(usable, family, metric, law, settings, seed)
+    except FitError as err:
+        return str(err)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as err:
+        # one broken fit must not take the rest of the report down with it
+        return f"the fit failed: {type(err).__name__}: {err}"
+
+
+def _run_tasks(tasks: list, workers: int) -> list[FitEntry | str]:
+    """Fits are independent: spread them over processes when asked (spawned, so
+    no BLAS or matplotlib state is inherited)."""
+    if workers <= 1 or len(tasks) < 2:
+        return [_task(t) for t in tasks]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
+        return list(pool.map(_task, tasks))
+
+
+def analyse(runs: list[Run], settings: Settings, metrics: list[str] | None = None) -> Analysis:
+    """Fit every requested law to every family and metric; frontier; comparisons."""
+    finished = [r for r in runs if r.finished]
+    if not finished:
+        raise LoadError(f"none of the {len(runs)} runs finished; nothing to fit")
+    notes = []
+    if metrics:
+        metrics = [_resolve_metric(m, finished) for m in metrics]
+    else:
+        # By default, only metrics some family has at least two runs of: downstream
+        # evaluations often cover just the largest model, which no law can be fitted to.
+        metrics, rare = [], []
+        for m in available_metrics(finished):
+            counts = Counter(r.family for r in finished if m in r.metrics)
+            (metrics if max(counts.values()) >= 2 else rare).append(m)
+        if rare:
+            notes.append(
+                f"{len(rare)} metric(s) recorded by fewer than two runs of any family "
+                f"are not fitted: {', '.join(rare[:8])}{', ...' if len(rare) > 8 else ''}"
+            )
+    measure, note = choose_measure(finished, settings.data_measure)
+    settings = replace(settings, data_measure=measure)
+    out = Analysis(runs, metrics, settings, notes=notes + ([note] if note else []))
+    if not metrics:
+        out.notes.append("the finished runs record no metric that can be fitted")
+    tasks = []
+    seed = settings.seed
+    for family in out.families:
+        for metric in metrics:
+            usable = _usable(finished, family, metric, out)
+            for law in settings.laws:
+                seed += 1
+                tasks.append((usable, family, metric, law, settings, seed))
+            if usable and any(r.flops for r in usable):
+                out.pareto.setdefault(family, {})[metric] = pareto(
+                    usable, metric, _measure(usable, settings.data_measure)[0]
+                )
+    for (_, family, metric, law, *_), got in zip(tasks, _run_tasks(tasks, settings.workers)):
+        if isinstance(got, str):
+            out.skipped.append({"family": family, "metric": metric, "law": law, "reason": got})
+        else:
+            out.fits.setdefault(family, {}).setdefault(metric, {})[law] = got
+    for e in out.entries():
+        if e.law_name == "ND":
+            out.frontiers.setdefault(e.family, {})[e.metric] = frontier(e, settings.ci_level)
+    for metric in metrics:
+        for law in settings.laws:
+            have = [f for f in out.families if law in out.fits.get(f, {}).get(metric, {})]
+            for fa, fb in combinations(have, 2):
+                fr = {f: out.frontiers.get(f, {}).get(metric, {}) for f in (fa, fb)}
+                cmp = compare_pair(
+                    out.fits[fa][metric][law], out.fits[fb][metric][law], law, settings.ci_level, fr
+                )
+                cmp.update(metric=metric, law=law, families=[fa, fb])
+                out.comparisons.append(cmp)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.scaling",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "inputs", nargs="+", help="study directories, CSV tables, wandb:ENTITY/PROJECT[/GROUP]"
+    )
+    p.add_argument("--out", required=True, type=Path, help="report directory")
+    p.add_argument(
+        "--metric",
+        action="append",
+        help="metric to fit (repeatable; default: the validation MAEs and eval/ metrics "
+        "that some family has at least two runs of)",
+    )
+    p.add_argument(
+        "--law",
+        action="append",
+        help="N, D or ND (repeatable or comma-separated; "
+        "default: all three, each where the runs allow it)",
+    )
+    p.add_argument(
+        "--form",
+        choices=("offset", "pure"),
+        default="offset",
+        help="offset: L = E + ...; pure: no E (default offset)",
+    )
+    p.add_argument(
+        "--data",
+        choices=("auto", *DATA_MEASURES),
+        default="auto",
+        help="what D counts (default auto: atoms_seen, or the training-set size when only "
+        "that varies, as with a fixed step budget)",
+    )
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples (default 1000)")
+    p.add_argument("--ci", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--huber-delta", type=float, default=1e-3, help="on log-residuals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="processes for the fits (default: up to 2)",
+    )
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument(
+        "--wandb",
+        choices=("auto", "off", "offline", "online"),
+        default="auto",
+        help="upload fitted laws and figures (auto: as the runs' logger was set)",
+    )
+    p.add_argument("--wandb-project")
+    p.add_argument("--wandb-entity")
+    p.add_argument("--wandb-group")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    laws = tuple(
+        dict.fromkeys(
+            part.strip().upper()
+            for item in (args.law or ["N,D,ND"])
+            for part in item.split(",")
+            if part.strip()
+        )
+    )
+    bad = [law for law in laws if law not in ("N", "D", "ND")]
+    if bad or not 0 < args.ci < 1 or args.bootstrap < 0 or args.huber_delta <= 0:
+        print(
+            f"error: bad option: laws {bad or 'ok'}, --ci in (0, 1), --bootstrap >= 0, "
+            "--huber-delta > 0",
+            file=sys.stderr,
+        )
+        return 2
+    settings = Settings(
+        laws,
+        args.form,
+        args.data,
+        args.bootstrap,
+        args.ci,
+        args.huber_delta,
+        args.seed,
+        workers=args.workers,
+    )
+    from analysis import report  # matplotlib only when writing
+
+    try:
+        runs = load_inputs(args.inputs)
+        result = analyse(runs, settings, args.metric)
+    except LoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    paths = report.write_all(result, args.out, inputs=args.inputs, figures=not args.no_figures)
+    for line in report.summary_lines(result):
+        print(line)
+    print(f"report: {paths['report']}")
+    wb = report.wandb_target(
+        result, args.wandb, args.wandb_project, args.wandb_entity, args.wandb_group, os.environ
+    )
+    if wb is not None:
+        report.upload_wandb(result, args.out, **wb)
+    return 0 if any(True for _ in result.entries()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
