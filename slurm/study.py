@@ -82,18 +82,42 @@ def run_name(axes: dict[str, Any]) -> str:
     return "_".join(parts) or "run"
 
 
+def steps_for_atoms(atoms: float, max_atoms: int, mean_atoms: float) -> int:
+    """Optimiser steps to see `atoms` atoms with an atom budget per batch; greedy
+    packing leaves on average half a structure of the budget unused."""
+    fill = max(0.3, 1.0 - 0.5 * mean_atoms / max_atoms)
+    return max(1, math.ceil(atoms / (fill * max_atoms)))
+
+
 def budget_overrides(
-    budget: BudgetConfig, family: str, size: str, knobs: dict, max_atoms: int
+    budget: BudgetConfig,
+    family: str,
+    size: str,
+    knobs: dict,
+    max_atoms: int,
+    train_atoms: float = 0.0,
+    mean_atoms: float = 16.0,
 ) -> tuple[list[str], dict]:
-    """Overrides that enforce the budget rule, and its record for the summary."""
+    """Overrides that enforce the budget rule, and its record for the summary.
+
+    Rules that do not fix the step count also set schedule.total_steps to the
+    expected number of steps, so the learning-rate schedule fits the run.
+    """
     if budget.rule == "steps":
         return [f"trainer.max_steps={budget.steps}"], {"rule": "steps", "steps": budget.steps}
     if budget.rule == "epochs":
         if not budget.epochs:
             raise ValueError("budget.rule=epochs needs budget.epochs")
+        steps = max(
+            budget.min_steps, steps_for_atoms(budget.epochs * train_atoms, max_atoms, mean_atoms)
+        )
         return (
-            [f"trainer.max_epochs={budget.epochs}", f"trainer.max_steps={budget.max_steps}"],
-            {"rule": "epochs", "epochs": budget.epochs},
+            [
+                f"trainer.max_epochs={budget.epochs}",
+                f"trainer.max_steps={budget.max_steps}",
+                f"schedule.total_steps={steps}",
+            ],
+            {"rule": "epochs", "epochs": budget.epochs, "schedule_steps": steps},
         )
     if budget.rule == "atoms_per_param":
         from train.models import count_parameters
@@ -102,8 +126,7 @@ def budget_overrides(
             raise ValueError("budget.rule=atoms_per_param needs budget.atoms_per_param")
         params = count_parameters(family, size, **knobs)
         atoms = int(budget.atoms_per_param * params)
-        # the schedule needs a length: steps at ~85% batch fill of the atom budget
-        steps = max(budget.min_steps, math.ceil(atoms / (0.85 * max_atoms)))
+        steps = max(budget.min_steps, steps_for_atoms(atoms, max_atoms, mean_atoms))
         return (
             [
                 f"trainer.max_atoms_seen={atoms}",
@@ -130,7 +153,12 @@ def _override_value(text: str, key: str) -> str | None:
 
 def expand(study: StudyConfig, study_dir: Path, data_root: str, extra: list[str]) -> list[RunSpec]:
     """The grid: one RunSpec per combination of axis values, in a stable order."""
+    from data_pipelines.loader import load_manifest
+
     axes = {k: list(v) if isinstance(v, list | tuple) else [v] for k, v in study.axes.items()}
+    train = load_manifest(data_root)["splits"].get("train", {})
+    train_atoms = float(train.get("num_atoms", 0))
+    mean_atoms = train_atoms / max(1, train.get("num_structures", 1))
     runs = []
     for values in itertools.product(*axes.values()):
         point = dict(zip(axes, values))
@@ -158,7 +186,10 @@ def expand(study: StudyConfig, study_dir: Path, data_root: str, extra: list[str]
                     knobs[key.split(".")[-1]] = value
         over += extra
         max_atoms = int(_override_value(over[::-1], "data.max_atoms") or 256)
-        budget_over, budget_record = budget_overrides(study.budget, family, size, knobs, max_atoms)
+        fraction = float(point.get("data_fraction", 1.0))
+        budget_over, budget_record = budget_overrides(
+            study.budget, family, size, knobs, max_atoms, fraction * train_atoms, mean_atoms
+        )
         run_dir = study_dir / "runs" / name
         over += budget_over
         over += [

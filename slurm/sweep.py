@@ -42,7 +42,8 @@ def compose_sweep(args: list[str]) -> tuple[SweepConfig, list[str]]:
         key = arg.split("=", 1)[0].lstrip("+~")
         if key.startswith("study.axes.") and not arg.startswith(("+", "~")):
             arg = "++" + arg  # an axis may be new to the study: add or replace it
-        (sweep_args if key in SWEEP_KEYS or key.startswith("study.") else train_args).append(arg)
+        ours = key in SWEEP_KEYS or key.startswith(("study.", "cluster."))
+        (sweep_args if ours else train_args).append(arg)
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 

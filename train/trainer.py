@@ -179,8 +179,11 @@ class Trainer:
         if cfg.trainer.progress and self.info.is_main:
             from tqdm import tqdm
 
+            total = cfg.trainer.max_steps
+            if cfg.trainer.max_epochs is not None and cfg.schedule.total_steps:
+                total = min(total, cfg.schedule.total_steps)  # an estimate: epochs end it
             bar = tqdm(
-                total=cfg.trainer.max_steps,
+                total=total,
                 initial=p.step,
                 desc=cfg.name or "train",
                 unit="step",

@@ -180,3 +180,59 @@ def test_slurm_sweep_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
         check=True,
     ).stdout
     assert "1 finished" in status
+
+
+def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_path):
+    """A 2x2 grid as a job array; a 2-process DeepSpeed run through submitit; a run
+    requeued without warning (scontrol requeue) resumes from its last checkpoint."""
+    from slurm.cluster import job_state, release_requeued
+    from slurm.status import study_status
+
+    study = tmp_path / "grid"
+    common = ["study.data.generate.num_structures=60", "study.data.generate.shard_size=20",
+              "logger=none", "trainer.threads=1", "trainer.val_every=0"]
+    sweep("experiment=smoke", "cluster=local-slurm", f"study_dir={study}",
+          "study.budget.steps=4", "trainer.checkpoint_every=2", *common, check=True)
+    jobs = json.loads((study / "jobs.json").read_text())
+    assert len(jobs) == 4
+
+    def all_done(folder: Path) -> bool:
+        rows = study_status(folder)
+        for r in rows:
+            if r["state"] == "pending":
+                release_requeued(json.loads((folder / "jobs.json").read_text())[r["name"]])
+        return all(r["state"] in ("finished", "failed") for r in rows)
+
+    _wait(lambda: all_done(study), "the 2x2 array to finish")
+    assert [r["state"] for r in study_status(study)] == ["finished"] * 4
+
+    ddp = tmp_path / "ddp"
+    sweep("experiment=smoke", "cluster=local-slurm", f"study_dir={ddp}",
+          "cluster.tasks_per_node=2", "cluster.mem_gb=2", "study.budget.steps=4",
+          "study.axes.model=[pet-direct]", "study.axes.data_fraction=[1.0]",
+          "trainer.checkpoint_every=2", *common, check=True)
+    _wait(lambda: all_done(ddp), "the 2-process job to finish")
+    summary = json.loads((ddp / "runs" / "pet-direct_f1" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+
+    again = tmp_path / "requeue"
+    sweep("experiment=smoke", "cluster=local-slurm", f"study_dir={again}",
+          "study.budget.steps=400", "study.axes.model=[pet-direct]",
+          "study.axes.data_fraction=[1.0]", "trainer.checkpoint_every=5", *common, check=True)
+    job_id = json.loads((again / "jobs.json").read_text())["pet-direct_f1"]
+    run = again / "runs" / "pet-direct_f1"
+    _wait(lambda: any(int(p.name[5:]) >= 10 for p in (run / "checkpoints").glob("step-*"))
+          if (run / "checkpoints").exists() else False, "two checkpoints")
+    subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
+
+    def finished() -> bool:
+        if (run / "summary.json").exists():
+            return True
+        if job_state(job_id) == "PENDING":
+            release_requeued(job_id)
+        return False
+
+    _wait(finished, "the requeued job to finish")
+    assert json.loads((run / "summary.json").read_text())["steps"] == 400
+    logs = "".join(p.read_text() for p in (again / "submitit").rglob("*_log.out"))
+    assert "resumed" in logs
