@@ -1,0 +1,255 @@
+"""The interface every model family implements, and what they share.
+
+A family only maps a `ModelGraph` to per-atom energies (and, for direct
+forces, per-atom force vectors and virials). This base class turns that into
+the common outputs: it builds differentiable geometry, subtracts the energy of
+each atom alone (so an isolated atom returns exactly its composition baseline),
+adds the per-element composition baseline, takes gradient forces and stress,
+and counts parameters and FLOPs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, ClassVar, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from data_pipelines import schema as K
+from train.models.geometry import ModelGraph, build_graph, gradient_outputs, periodic_volume
+
+ForcesMode = Literal["direct", "conservative", "both"]
+FORCES_MODES: tuple[str, ...] = ("direct", "conservative", "both")
+
+NUM_ELEMENT_SLOTS = 119  # tables indexed directly by atomic number (0 unused)
+
+# Output keys (besides schema.ENERGY, FORCES, STRESS).
+DIRECT_FORCES = "direct_forces"  # (num_atoms, 3) eV/A, from the force head ("both" mode)
+DIRECT_STRESS = "direct_stress"  # (num_structures, 3, 3) eV/A^3, from the stress head
+
+
+class AtomOutputs(NamedTuple):
+    """What a family computes on a graph.
+
+    Attributes:
+        energy: (num_atoms,) per-atom energies, model units (before scale/baseline).
+        forces: (num_atoms, 3) direct forces, or None.
+        virial: (num_atoms, 3, 3) per-atom direct virials (eV), or None; the
+            direct stress is their sum over a structure divided by its volume.
+    """
+
+    energy: Tensor
+    forces: Tensor | None = None
+    virial: Tensor | None = None
+
+
+class AtomisticModel(nn.Module):
+    """Base class: batch dict in, `energy`, `forces`, `stress` (+ direct keys) out.
+
+    Subclasses set `family`, `supported_forces`, a `Config` dataclass, and
+    implement `atom_outputs`.
+    """
+
+    family: ClassVar[str] = "?"
+    supported_forces: ClassVar[tuple[str, ...]] = FORCES_MODES
+
+    def __init__(self, config: Any, forces: ForcesMode):
+        super().__init__()
+        if forces not in self.supported_forces:
+            raise ValueError(
+                f"model family '{self.family}' supports forces in {self.supported_forces}, "
+                f"got '{forces}'"
+            )
+        self.config = config
+        self.forces = forces
+        # eV per atom by atomic number; set from dataset statistics.
+        self.register_buffer("composition_baseline", torch.zeros(NUM_ELEMENT_SLOTS))
+        # Multiplies the learned part (energies, direct forces and stresses) so the
+        # network works with O(1) numbers; set from dataset statistics.
+        self.register_buffer("energy_scale", torch.ones(()))
+
+    @property
+    def cutoff(self) -> float:
+        """Neighbour-list radius the batches must be built with, Angstrom."""
+        return float(self.config.cutoff)
+
+    def atom_outputs(self, graph: ModelGraph, direct: bool) -> AtomOutputs:
+        """Per-atom energies (and direct outputs when `direct`) of a graph."""
+        raise NotImplementedError
+
+    # ---- statistics ---------------------------------------------------------------
+
+    def set_composition_baseline(self, baseline: dict[int, float] | Tensor | list) -> None:
+        """Sets the per-element reference energies (eV per atom).
+
+        Args:
+            baseline: {atomic number: eV}, or a sequence indexed by atomic number.
+        """
+        values = torch.zeros(NUM_ELEMENT_SLOTS, dtype=torch.float64)
+        if isinstance(baseline, dict):
+            for z, e in baseline.items():
+                if not 0 < int(z) < NUM_ELEMENT_SLOTS:
+                    raise ValueError(f"composition baseline: atomic number {z} out of 1..118")
+                values[int(z)] = float(e)
+        else:
+            given = torch.as_tensor(baseline, dtype=torch.float64).reshape(-1)
+            if given.numel() > NUM_ELEMENT_SLOTS:
+                raise ValueError(
+                    f"composition baseline has {given.numel()} entries, at most "
+                    f"{NUM_ELEMENT_SLOTS} (index = atomic number)"
+                )
+            values[: given.numel()] = given
+        self.composition_baseline.copy_(values.to(self.composition_baseline))
+
+    def set_energy_scale(self, scale: float) -> None:
+        """Sets the scale of the learned energy (eV), e.g. the per-atom energy std."""
+        self.energy_scale.fill_(float(scale))
+
+    # ---- forward ------------------------------------------------------------------
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def _isolated_energies(self, species: Tensor, dtype: torch.dtype) -> Tensor:
+        """(num_atoms,) learned energy each atom would have with no neighbours."""
+        unique, inverse = torch.unique(species, return_inverse=True)
+        num = int(unique.shape[0])
+        device = species.device
+        no_edges = torch.zeros(0, dtype=torch.int64, device=device)
+        alone = ModelGraph(
+            species=unique,
+            batch=torch.arange(num, device=device),
+            num_structures=num,
+            edge_i=no_edges,
+            edge_j=no_edges,
+            shifts=torch.zeros(0, 3, dtype=torch.int64, device=device),
+            positions=torch.zeros(num, 3, dtype=dtype, device=device),
+            shift_vectors=torch.zeros(0, 3, dtype=dtype, device=device),
+            vectors=torch.zeros(0, 3, dtype=dtype, device=device),
+        )
+        return self.atom_outputs(alone, direct=False).energy[inverse]
+
+    def forward(self, batch: dict, compute_forces: bool = True) -> dict[str, Tensor]:
+        """Energies, forces and stresses of a batch.
+
+        Args:
+            batch: batch dict (data_pipelines.schema keys), on the model's device,
+                with neighbour lists built with a radius of at least `self.cutoff`.
+            compute_forces: False gives the energy only (no heads, no autograd).
+
+        Returns:
+            `energy` (num_structures,) eV, `forces` (num_atoms, 3) eV/A, `stress`
+            (num_structures, 3, 3) eV/A^3 (zero where not periodic in 3D). In
+            `direct` mode forces and stress come from the heads; in `conservative`
+            mode from autograd; in `both` mode the gradient ones are under
+            `forces`/`stress` and the head ones under `direct_forces`/`direct_stress`.
+        """
+        gradient = compute_forces and self.forces != "direct"
+        direct = compute_forces and self.forces != "conservative"
+        dtype = self.dtype
+        with contextlib.ExitStack() as grad_context:
+            if gradient:  # gradient forces work under no_grad and inference_mode too
+                grad_context.enter_context(torch.inference_mode(False))
+                grad_context.enter_context(torch.enable_grad())
+                # Tensors made under inference_mode cannot enter an autograd graph.
+                batch = {
+                    k: v.clone() if isinstance(v, Tensor) and v.is_inference() else v
+                    for k, v in batch.items()
+                }
+            # Geometry stays in full precision under autocast: bf16 edge vectors
+            # would cost about three significant digits in every distance.
+            device_type = batch[K.POSITIONS].device.type
+            with torch.autocast(device_type, enabled=False):
+                graph, displacement = build_graph(batch, dtype, differentiable=gradient)
+            out = self.atom_outputs(graph, direct=direct)
+            learned = out.energy - self._isolated_energies(graph.species, dtype)
+            atom_energy = learned.to(dtype) * self.energy_scale.to(dtype)
+            atom_energy = atom_energy + self.composition_baseline.to(dtype)[graph.species]
+            energy = atom_energy.new_zeros(graph.num_structures).index_add(
+                0, graph.batch, atom_energy
+            )
+            result = {K.ENERGY: energy}
+            if gradient:
+                assert displacement is not None
+                forces, stress = gradient_outputs(energy, displacement, self.training)
+                result[K.FORCES], result[K.STRESS] = forces, stress
+        if direct:
+            scale = self.energy_scale.to(dtype)
+            assert out.forces is not None and out.virial is not None
+            forces = out.forces.to(dtype) * scale
+            virial = out.virial.to(dtype).new_zeros(graph.num_structures, 3, 3)
+            virial = virial.index_add(0, graph.batch, out.virial.to(dtype)) * scale
+            volume = periodic_volume(batch[K.CELL].to(dtype), batch[K.PBC])
+            safe = torch.where(volume > 0, volume, torch.ones_like(volume))
+            stress = torch.where(volume[:, None, None] > 0, virial / safe[:, None, None], 0.0)
+            if self.forces == "direct":
+                result[K.FORCES], result[K.STRESS] = forces, stress
+            else:
+                result[DIRECT_FORCES], result[DIRECT_STRESS] = forces, stress
+        return result
+
+    # ---- accounting ---------------------------------------------------------------
+
+    def num_parameters(self) -> int:
+        """Exact number of parameters (frozen ones included)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def describe(self) -> dict[str, Any]:
+        """Every knob of this model, for run records."""
+        return {
+            "family": self.family,
+            "forces": self.forces,
+            "num_parameters": self.num_parameters(),
+            **dataclasses.asdict(self.config),
+        }
+
+    def flops_per_atom(self, batch: dict) -> dict[str, float]:
+        """Measured FLOPs per atom on a reference batch.
+
+        Counts matrix products, convolutions and attention (torch's
+        FlopCounterMode); elementwise work is not counted.
+
+        Args:
+            batch: a reference batch (its size and density set the per-atom cost).
+
+        Returns:
+            `energy`: energy-only forward; `forward`: one inference call in this
+            model's force mode (for gradient forces this includes their backward);
+            `forward_backward`: a training step, i.e. the call with a graph kept for
+            force/stress losses plus the backward to the parameters.
+        """
+        num_atoms = int(batch[K.SPECIES].shape[0])
+        was_training = self.training
+        params = list(self.parameters())
+        # backward() (autograd.grad clashes with the counter's module hooks) writes
+        # .grad: keep the caller's gradients (and frozen flags) aside meanwhile.
+        saved_grads = [p.grad for p in params]
+        saved_flags = [p.requires_grad for p in params]
+        counts: dict[str, float] = {}
+        try:
+            self.eval()
+            with FlopCounterMode(display=False) as counter:
+                self(batch, compute_forces=False)
+            counts["energy"] = counter.get_total_flops() / num_atoms
+            with FlopCounterMode(display=False) as counter:
+                self(batch)
+            counts["forward"] = counter.get_total_flops() / num_atoms
+            self.train()
+            for p in params:
+                p.requires_grad_(True)
+            with FlopCounterMode(display=False) as counter:
+                out = self(batch)
+                for p in params:
+                    p.grad = None
+                sum(v.float().square().sum() for v in out.values()).backward()
+            counts["forward_backward"] = counter.get_total_flops() / num_atoms
+        finally:
+            self.train(was_training)
+            for p, grad, flag in zip(params, saved_grads, saved_flags):
+                p.grad = grad
+                p.requires_grad_(flag)
+        return counts
