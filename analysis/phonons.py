@@ -53,7 +53,9 @@ class PhononSettings:
         displacement: displacement amplitude in A.
         relax_fmax: force threshold (eV/A) of the tight pre-relaxation; None skips it.
         relax_max_steps: step limit of the pre-relaxation.
-        path_density: k-points per 1/A along the band path (ASE ``density``).
+        path_points: k-points along the band path; a fixed count (not a density) so
+            a model and its reference, relaxed to slightly different cells, are
+            compared point by point on the same fractional path.
         mesh: q-mesh for the DOS.
         imaginary_tol: frequencies below -imaginary_tol (THz) count as imaginary.
         subtract_residual: subtract the forces of the undisplaced supercell (they
@@ -65,7 +67,7 @@ class PhononSettings:
     displacement: float = 0.01
     relax_fmax: float | None = 1e-4
     relax_max_steps: int = 1000
-    path_density: float = 20.0
+    path_points: int = 150
     mesh: tuple[int, int, int] = (16, 16, 16)
     imaginary_tol: float = 0.05
     subtract_residual: bool = True
@@ -179,7 +181,7 @@ def compute_phonons(atoms: Atoms, calc: Calculator, settings: PhononSettings) ->
     phonon.force_constants = fc
 
     gamma = np.sort(phonon.run_qpoints([[0.0, 0.0, 0.0]]).frequencies[0])
-    path = atoms.cell.bandpath(density=settings.path_density)
+    path = atoms.cell.bandpath(npoints=settings.path_points)
     path_freqs = np.array(phonon.run_qpoints(path.kpts).frequencies)
     x, special_x, labels = path.get_linear_kpoint_axis()
     phonon.run_mesh(list(settings.mesh), is_gamma_center=True)
