@@ -100,7 +100,7 @@ def speed_ratio(run_dir: Path, eval_dir: Path) -> dict:
     target = eval_dir / "speed"
     if not _done(target / "metrics.json"):
         speed.main(["--model", str(run_dir / "model.pt"), "--sizes", "64", "256",
-                    "--repeats", "3", "--out", str(target)])
+                    "--repeats", "3", "--rot-l-max", "--out", str(target)])
     return json.loads((target / "metrics.json").read_text())
 
 
@@ -123,9 +123,11 @@ def headline(report_dir: Path, speed_metrics: dict) -> list[str]:
                 verdict = fit.get("quality", {}).get("verdict", "?")
                 lines.append(f"{family}: force-error exponent {key} = {p['value']:.3g} {ci} "
                              f"(L({law}), fit {verdict})")
-    direct = [v for k, v in speed_metrics.items() if "direct" in k and "us_per_atom" in k]
-    conservative = [v for k, v in speed_metrics.items()
-                    if "conservative" in k and "us_per_atom" in k]
+    def per_atom(config: str) -> list[float]:
+        return [v for k, v in speed_metrics.items()
+                if k.split("/")[1:2] == [config] and k.endswith("/us_per_atom")]
+
+    direct, conservative = per_atom("direct"), per_atom("conservative")
     if direct and conservative:
         ratio = (sum(conservative) / len(conservative)) / (sum(direct) / len(direct))
         lines.append(f"pet inference: direct forces {ratio:.2f}x faster than conservative "

@@ -53,6 +53,7 @@ def __getattr__(name: str):
         return importlib.import_module("train.models.mace").MACEConfig
     raise AttributeError(name)
 
+
 __all__ = [
     "DIRECT_FORCES",
     "DIRECT_STRESS",

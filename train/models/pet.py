@@ -3,15 +3,20 @@
 Each message-passing layer runs a small transformer over the neighbours of
 every atom. The sequence of atom i is one central token (a projection of the
 atom's node state, width `d_node`) followed by one token per neighbour j, built
-from the Cartesian edge vector r_ij and either the species of j (first layer)
-or the message that the reverse edge (j, i) produced in the previous layer.
+from the edge direction r_ij/|r_ij| and a Gaussian radial basis of |r_ij|, and
+either the species of j (first layer) or the message that the reverse edge
+(j, i) produced in the previous layer.
 Attention weights are multiplied by a smooth cutoff factor of each neighbour,
 so a neighbour fades out continuously as it reaches the cutoff; with an
 adaptive cutoff each atom has its own radius, chosen smoothly to keep about a
 target number of neighbours.
 
-Nothing constrains rotations: the edge vectors enter as plain Cartesian
-components, and equivariance has to be learned (rotation augmentation).
+Nothing constrains rotations: the edge directions enter as plain Cartesian
+components, and equivariance has to be learned (rotation augmentation). The
+distance enters through a radial basis, not raw: a single raw distance (or raw
+Cartesian vector) fed to a linear embedding makes every token nearly linear in
+the distance over the narrow range of neighbour shells, and the network then
+needs hundreds of steps to carve out the sharp distance dependence of forces.
 
 Outputs: per-atom energies read from node and edge tokens of every layer;
 direct forces F_i = sum_j f_ij s_ij r_ij/|r_ij| and direct per-atom virials
@@ -56,6 +61,8 @@ class PETConfig:
         num_attention_layers: transformer blocks per message-passing layer.
         cutoff: neighbour-list radius (the largest cutoff when adaptive), Angstrom.
         cutoff_width: width of the smooth switch below the cutoff, Angstrom.
+        num_radial: Gaussian radial basis functions of the edge length, spread
+            evenly over [0, cutoff] (the geometric input of every edge token).
         adaptive_cutoff: per-atom radius keeping about `target_neighbours`.
         target_neighbours: smooth neighbour count the adaptive radius aims for.
         adaptive_min_cutoff: smallest adaptive radius, Angstrom.
@@ -76,6 +83,7 @@ class PETConfig:
     num_attention_layers: int = 1
     cutoff: float = 7.5
     cutoff_width: float = 0.5
+    num_radial: int = 16
     adaptive_cutoff: bool = True
     target_neighbours: float = 8.0
     adaptive_min_cutoff: float = 2.0
@@ -88,6 +96,8 @@ class PETConfig:
             raise ValueError(f"d_edge={self.d_edge} is not divisible by num_heads={self.num_heads}")
         if not 0 < self.cutoff_width < self.cutoff:
             raise ValueError(f"cutoff_width must lie in (0, cutoff), got {self.cutoff_width}")
+        if self.num_radial < 2:
+            raise ValueError(f"num_radial must be at least 2, got {self.num_radial}")
         if self.attention not in ("auto", "manual", "sdpa"):
             raise ValueError(f"attention must be auto, manual or sdpa, got '{self.attention}'")
 
@@ -206,7 +216,7 @@ class GNNLayer(nn.Module):
     def __init__(self, cfg: PETConfig, first: bool):
         super().__init__()
         d = cfg.d_edge
-        self.geometry = nn.Linear(4, d)
+        self.geometry = nn.Linear(3 + cfg.num_radial, d)
         # Later layers learn the neighbour's species from its message instead.
         self.neighbour_species = nn.Embedding(NUM_ELEMENT_SLOTS, d) if first else None
         self.compress = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, d))
@@ -229,7 +239,7 @@ class GNNLayer(nn.Module):
 
         Computes compress(cat(geometry(g), partner)) without materialising the
         concatenation: the geometry embedding is linear and feeds a linear map,
-        so their product is applied to the 4 geometric inputs directly, and the
+        so their product is applied to the 3 + num_radial geometric inputs directly, and the
         first layer's species embedding is projected as a table (one row per
         element) instead of once per edge. Same function, same parameters.
         """
@@ -248,6 +258,20 @@ class GNNLayer(nn.Module):
         else:
             hidden = hidden + F.linear(message, w_partner)
         return self.compress[2](F.silu(hidden))
+
+
+def geometry_features(vectors: Tensor, r: Tensor, cutoff: float, num_radial: int) -> Tensor:
+    """(num_edges, 3 + num_radial) token inputs: unit edge vector and radial basis.
+
+    Gaussians of width equal to their spacing, centred evenly on [0, cutoff]:
+    every input is O(1), and each distance lights up its own few features, so the
+    first linear map can already express a sharp function of the distance.
+    """
+    unit = vectors / r.clamp_min(1e-12)[:, None]
+    spacing = cutoff / (num_radial - 1)
+    centres = torch.arange(num_radial, dtype=r.dtype, device=r.device) * spacing
+    radial = torch.exp(-0.5 * ((r[:, None] - centres) / spacing) ** 2)
+    return torch.cat([unit, radial], dim=1)
 
 
 @dataclass
@@ -328,7 +352,7 @@ class PET(AtomisticModel):
         bias[:, 0] = 0.0  # the central token is always fully visible
         log_fc = torch.log(fc.clamp_min(_MIN_FACTOR))
         bias = bias.view(-1).index_copy(0, flat + graph.edge_i + 1, log_fc).view(n, 1 + m)
-        geometry_in = torch.cat([graph.vectors, r[:, None]], dim=1) / cfg.cutoff
+        geometry_in = geometry_features(graph.vectors, r, cfg.cutoff, cfg.num_radial)
         has_reverse = (lay.reverse >= 0).to(r.dtype)[:, None]
         reverse = lay.reverse.clamp_min(0)
 
