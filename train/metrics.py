@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from pathlib import Path
 
@@ -58,7 +59,7 @@ class MetricLogger:
     def log(self, row: dict) -> None:
         if not self.enabled:
             return
-        row = _clean(row)
+        row = _clean({**row, "time": round(time.time(), 3)})  # unix seconds
         self._fh.write(json.dumps(row) + "\n")
         self._fh.flush()
         if self.wandb is not None:
