@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluations.update(evaluate_model(family, run_dir, eval_dir))
     pet_runs = [r for f, r in best.items() if f.startswith("pet-direct")]
     speed_metrics = speed_ratio(pet_runs[0], eval_dir) if pet_runs else {}
-    (eval_dir / "summary.json").write_text(json.dumps(
+    (eval_dir / "evaluation.json").write_text(json.dumps(
         {"models": {f: str(r) for f, r in best.items()}, "metrics": evaluations,
          "speed": speed_metrics}, indent=1))
 
