@@ -113,6 +113,17 @@ def local_slurm():
         pytest.skip(f"local SLURM cluster unavailable: {error}")
 
 
+def _release_settled(job_id: str, first_seen: dict) -> None:
+    """Lets a requeued job start without SLURM's 30 s hold, but only once it has
+    sat pending for a few seconds: started while the old allocation is still
+    being torn down, it dies with 'Job credential revoked'."""
+    from slurm.cluster import release_requeued
+
+    start = first_seen.setdefault(job_id, time.time())
+    if time.time() - start > 5:
+        release_requeued(job_id)
+
+
 def _wait(predicate, what, timeout_s=400):
     deadline = time.time() + timeout_s
     while time.time() < deadline:
@@ -125,7 +136,7 @@ def _wait(predicate, what, timeout_s=400):
 def test_slurm_sweep_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
     import submitit
 
-    from slurm.cluster import job_state, release_requeued
+    from slurm.cluster import job_state
 
     study = tmp_path / "slurm-study"
     proc = sweep(
@@ -158,11 +169,13 @@ def test_slurm_sweep_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
     job = submitit.SlurmJob(study / "submitit" / "%j", job_id)
     job._interrupt(timeout=False)  # SIGTERM then USR2, as SLURM does on preemption
 
+    seen: dict = {}
+
     def finished() -> bool:
         if (run / "summary.json").exists():
             return True
         if job_state(job_id) == "PENDING":
-            release_requeued(job_id)
+            _release_settled(job_id, seen)
         return False
 
     _wait(finished, "the requeued job to finish")
@@ -185,7 +198,7 @@ def test_slurm_sweep_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
 def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_path):
     """A 2x2 grid as a job array; a 2-process DeepSpeed run through submitit; a run
     requeued without warning (scontrol requeue) resumes from its last checkpoint."""
-    from slurm.cluster import job_state, release_requeued
+    from slurm.cluster import job_state
     from slurm.status import study_status
 
     study = tmp_path / "grid"
@@ -196,11 +209,14 @@ def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_pa
     jobs = json.loads((study / "jobs.json").read_text())
     assert len(jobs) == 4
 
+    pending_since: dict = {}
+
     def all_done(folder: Path) -> bool:
         rows = study_status(folder)
         for r in rows:
             if r["state"] == "pending":
-                release_requeued(json.loads((folder / "jobs.json").read_text())[r["name"]])
+                job = json.loads((folder / "jobs.json").read_text())[r["name"]]
+                _release_settled(job, pending_since)
         return all(r["state"] in ("finished", "failed") for r in rows)
 
     _wait(lambda: all_done(study), "the 2x2 array to finish")
@@ -225,11 +241,13 @@ def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_pa
           if (run / "checkpoints").exists() else False, "two checkpoints")
     subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
 
+    seen: dict = {}
+
     def finished() -> bool:
         if (run / "summary.json").exists():
             return True
         if job_state(job_id) == "PENDING":
-            release_requeued(job_id)
+            _release_settled(job_id, seen)
         return False
 
     _wait(finished, "the requeued job to finish")
