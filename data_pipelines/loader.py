@@ -233,7 +233,6 @@ class ShardStream(IterableDataset):
         self.epoch = 0
         self.skip: dict[int, int] = {}
         self.phase = 0
-        self.num_oversized = 0
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()

@@ -144,8 +144,8 @@ def budget_overrides(
     raise ValueError(f"unknown budget rule '{budget.rule}' (steps, epochs, atoms_per_param)")
 
 
-def _override_value(text: str, key: str) -> str | None:
-    for item in text:
+def _override_value(overrides: list[str], key: str) -> str | None:
+    for item in overrides:
         if item.startswith(f"{key}="):
             return item.split("=", 1)[1]
     return None

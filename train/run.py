@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -294,6 +293,3 @@ def run(cfg: TrainConfig) -> dict:
     barrier()
     return summary
 
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

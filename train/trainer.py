@@ -3,7 +3,6 @@ log, validate, checkpoint; a preemption signal saves and exits cleanly."""
 
 from __future__ import annotations
 
-import math
 import resource
 import signal
 import time
@@ -318,6 +317,3 @@ class Trainer:
             self.cfg.trainer.keep_checkpoints,
         )
 
-
-def finite_or_none(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None

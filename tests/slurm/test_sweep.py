@@ -124,6 +124,22 @@ def _release_settled(job_id: str, first_seen: dict) -> None:
         release_requeued(job_id)
 
 
+def _wait_for_summary(run: Path, job_id: str) -> None:
+    """Waits until a run (whose job may have been requeued) writes its summary."""
+    from slurm.cluster import job_state
+
+    seen: dict = {}
+
+    def finished() -> bool:
+        if (run / "summary.json").exists():
+            return True
+        if job_state(job_id) == "PENDING":
+            _release_settled(job_id, seen)
+        return False
+
+    _wait(finished, "the requeued job to finish")
+
+
 def _wait(predicate, what, timeout_s=400):
     deadline = time.time() + timeout_s
     while time.time() < deadline:
@@ -136,7 +152,6 @@ def _wait(predicate, what, timeout_s=400):
 def test_slurm_sweep_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
     import submitit
 
-    from slurm.cluster import job_state
 
     study = tmp_path / "slurm-study"
     proc = sweep(
@@ -169,16 +184,7 @@ def test_slurm_sweep_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
     job = submitit.SlurmJob(study / "submitit" / "%j", job_id)
     job._interrupt(timeout=False)  # SIGTERM then USR2, as SLURM does on preemption
 
-    seen: dict = {}
-
-    def finished() -> bool:
-        if (run / "summary.json").exists():
-            return True
-        if job_state(job_id) == "PENDING":
-            _release_settled(job_id, seen)
-        return False
-
-    _wait(finished, "the requeued job to finish")
+    _wait_for_summary(run, job_id)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 40
     ckpt_steps = [int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*")]
@@ -198,7 +204,6 @@ def test_slurm_sweep_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
 def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_path):
     """A 2x2 grid as a job array; a 2-process DeepSpeed run through submitit; a run
     requeued without warning (scontrol requeue) resumes from its last checkpoint."""
-    from slurm.cluster import job_state
     from slurm.status import study_status
 
     study = tmp_path / "grid"
@@ -241,16 +246,7 @@ def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_pa
           if (run / "checkpoints").exists() else False, "two checkpoints")
     subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
 
-    seen: dict = {}
-
-    def finished() -> bool:
-        if (run / "summary.json").exists():
-            return True
-        if job_state(job_id) == "PENDING":
-            _release_settled(job_id, seen)
-        return False
-
-    _wait(finished, "the requeued job to finish")
+    _wait_for_summary(run, job_id)
     assert json.loads((run / "summary.json").read_text())["steps"] == 400
     logs = "".join(p.read_text() for p in (again / "submitit").rglob("*_log.out"))
     assert "resumed" in logs
