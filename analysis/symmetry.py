@@ -13,9 +13,11 @@ Per structure:
   finite differences on a block of atoms (0 up to O(step^2) for gradient forces);
 - NVE energy drift of a short velocity-Verlet run.
 
-Lambda and MD use a "working cell": the structure repeated to at least
-``--min-atoms`` atoms and rattled, so a 1-atom cell still has a Jacobian to
-measure and no accidental symmetry hides asymmetry.
+Rotational errors, lambda and MD use a "working cell": the structure repeated
+to at least ``--min-atoms`` atoms and rattled, so a 1-atom cell still has a
+Jacobian to measure and no accidental symmetry hides asymmetry (in a perfect
+Bravais lattice gradient forces vanish identically, so their rotational error
+would read exactly 0). Label errors use the structure as given.
 
 Writes ``DIR/results.json`` and ``DIR/metrics.json`` (flat ``symmetry/...`` names).
 """
@@ -256,12 +258,18 @@ def diagnose(
     atoms = atoms.copy()
     atoms.calc = None
     out: dict[str, float] = {"num_atoms": len(atoms)}
-    out.update(rotational_spread(calc, atoms, settings.num_rotations, settings.seed))
     out.update(label_errors(_predict(calc, atoms), labels, len(atoms)))
+    # Rotational errors are measured on the rattled working cell: in a perfect
+    # one-atom lattice translation invariance makes every gradient force zero
+    # (each atom sees the same surroundings and the forces sum to zero), so the
+    # given cell would report a rotational error of exactly 0 for any
+    # conservative model, equivariant or not.
+    work = working_cell(atoms, settings.min_atoms, settings.rattle, settings.seed)
+    out["work_num_atoms"] = len(work)
+    out.update(rotational_spread(calc, work, settings.num_rotations, settings.seed))
     if plain_calc is not None and settings.grid_l_max is not None:
-        out.update(grid_spread(plain_calc, atoms, settings.grid_l_max))
+        out.update(grid_spread(plain_calc, work, settings.grid_l_max))
     if settings.jacobian_atoms > 0 or settings.md_steps > 0:
-        work = working_cell(atoms, settings.min_atoms, settings.rattle, settings.seed)
         if settings.jacobian_atoms > 0:
             block = list(range(min(settings.jacobian_atoms, len(work))))
             out["lambda"] = jacobian_asymmetry(force_jacobian(calc, work, block, settings.fd_step))

@@ -40,17 +40,43 @@ def train_once(overrides: list[str], run_dir: Path, progress: bool = False) -> d
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
 
 
+def train_and_evaluate(
+    overrides: list[str],
+    run_dir: Path,
+    stages: list | None = None,
+    progress: bool = False,
+    evaluate: bool = True,
+) -> dict:
+    """Trains the run unless it already finished, then runs its missing
+    evaluation stages (slurm/stages.py); the result holds both."""
+    import json
+
+    from slurm.stages import run_stages
+    from slurm.study import run_state
+
+    if run_state(run_dir) == "finished":
+        result = json.loads((run_dir / "summary.json").read_text())
+    else:
+        result = train_once(overrides, run_dir, progress=progress)
+    if stages and evaluate and result.get("status") == "finished":
+        result["eval"] = run_stages(run_dir, stages)
+    return result
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """Picklable callable that submitit runs on the allocated node(s)."""
 
-    def __call__(self, overrides: list[str], run_dir: str) -> dict:
+    def __call__(self, overrides: list[str], run_dir: str, stages: list | None = None) -> dict:
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             # one process per GPU/task: RANK, WORLD_SIZE, MASTER_ADDR/PORT, LOCAL_RANK
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         os.environ.setdefault("WANDB_MODE", "offline")
         stop = "trainer.stop_signals=[SIGUSR1,SIGUSR2]"
-        result = train_once([*overrides, stop], Path(run_dir))
+        # evaluation stages run once, on the first task, after training
+        result = train_and_evaluate(
+            [*overrides, stop], Path(run_dir), stages, evaluate=env.global_rank == 0
+        )
         if result.get("status") == "preempted":
             import signal
 
@@ -60,6 +86,8 @@ class TrainJob(submitit.helpers.Checkpointable):
                 handler(signal.SIGUSR2, None)
         return result
 
-    def checkpoint(self, overrides: list[str], run_dir: str) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(
+        self, overrides: list[str], run_dir: str, stages: list | None = None
+    ) -> submitit.helpers.DelayedSubmission:
         # the training loop already saved; the requeued job resumes from it
-        return submitit.helpers.DelayedSubmission(TrainJob(), overrides, run_dir)
+        return submitit.helpers.DelayedSubmission(TrainJob(), overrides, run_dir, stages)

@@ -52,6 +52,8 @@ class StudyConfig:
     data: StudyDataConfig = field(default_factory=StudyDataConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     train: list[str] = field(default_factory=list)  # fixed overrides for every run
+    # evaluation stages on each trained model (slurm/stages.py): {name, workflow, args}
+    evaluate: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class RunSpec:
     axes: dict[str, Any]
     overrides: list[str]
     run_dir: Path
+    stages: list = field(default_factory=list)  # slurm.stages.Stage, run after training
 
 
 def _slug(value: Any) -> str:
@@ -154,6 +157,9 @@ def _override_value(overrides: list[str], key: str) -> str | None:
 def expand(study: StudyConfig, study_dir: Path, data_root: str, extra: list[str]) -> list[RunSpec]:
     """The grid: one RunSpec per combination of axis values, in a stable order."""
     from data_pipelines.loader import load_manifest
+    from slurm.stages import parse_stages
+
+    stages = parse_stages(study.evaluate)
 
     axes = {k: list(v) if isinstance(v, list | tuple) else [v] for k, v in study.axes.items()}
     train = load_manifest(data_root)["splits"].get("train", {})
@@ -200,7 +206,7 @@ def expand(study: StudyConfig, study_dir: Path, data_root: str, extra: list[str]
         ]
         over += [f"+axes.{k}={v}" for k, v in point.items()]
         over += [f"+budget.{k}={v}" for k, v in budget_record.items()]
-        runs.append(RunSpec(name, point, over, run_dir))
+        runs.append(RunSpec(name, point, over, run_dir, stages))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError("two runs of the grid got the same name; make axis values distinct")

@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from slurm.stages import missing_stages
 from slurm.study import RunSpec, StudyConfig, expand, run_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,21 +107,30 @@ def _one_line(spec: RunSpec, result: dict, seconds: float) -> str:
             for k in ("val/energy_per_atom_mae", "val/forces_mae")
             if k in result
         )
-        return (
+        line = (
             f"{spec.name}: finished in {seconds:.0f}s, {result.get('num_params')} params, "
             f"{result.get('atoms_seen')} atoms seen, {metrics}"
         )
+        stages = result.get("eval") or {}
+        if stages:
+            failed = sorted(k for k, v in stages.items() if v.get("status") != "finished")
+            line += f"; eval {len(stages) - len(failed)} done" + (
+                f", failed: {', '.join(failed)}" if failed else ""
+            )
+        return line
     return f"{spec.name}: {status} {result.get('error', '')}".rstrip()
 
 
 def run_local(runs: list[RunSpec]) -> dict[str, dict]:
-    from slurm.job import train_once
+    from slurm.job import train_and_evaluate
 
     results = {}
     for k, spec in enumerate(runs, 1):
         print(f"[{k}/{len(runs)}] {spec.name}", flush=True)
         t0 = time.time()
-        results[spec.name] = train_once(spec.overrides, spec.run_dir, progress=True)
+        results[spec.name] = train_and_evaluate(
+            spec.overrides, spec.run_dir, spec.stages, progress=True
+        )
         print("  " + _one_line(spec, results[spec.name], time.time() - t0), flush=True)
     return results
 
@@ -131,7 +141,10 @@ def submit_slurm(runs: list[RunSpec], cluster_cfg, study_dir: Path, name: str) -
 
     executor = make_executor(cluster_cfg, study_dir / "submitit" / "%j", job_name=name)
     with executor.batch():
-        jobs = [executor.submit(TrainJob(), spec.overrides, str(spec.run_dir)) for spec in runs]
+        jobs = [
+            executor.submit(TrainJob(), spec.overrides, str(spec.run_dir), spec.stages)
+            for spec in runs
+        ]
     ids = {spec.name: job.job_id for spec, job in zip(runs, jobs)}
     path = study_dir / "jobs.json"
     known = json.loads(path.read_text()) if path.exists() else {}
@@ -159,6 +172,7 @@ def sweep(args: list[str]) -> dict:
                 "axes": study.axes,
                 "budget": OmegaConf.to_container(OmegaConf.structured(study.budget)),
                 "data_root": data_root,
+                "evaluate": [vars(s) for s in (runs[0].stages if runs else [])],
                 "runs": {r.name: {"axes": r.axes, "overrides": r.overrides} for r in runs},
             },
             indent=1,
@@ -174,8 +188,14 @@ def sweep(args: list[str]) -> dict:
     for spec in runs:
         state = run_state(spec.run_dir)
         if state == "finished":
-            print(f"{spec.name}: finished, skipped")
-            continue
+            missing = missing_stages(spec.run_dir, spec.stages)
+            if not missing:
+                print(f"{spec.name}: finished, skipped")
+                continue
+            print(
+                f"{spec.name}: finished; evaluation stages to run: "
+                + ", ".join(s.name for s in missing)
+            )
         if (
             cluster_cfg.kind == "slurm"
             and spec.name in jobs
@@ -205,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep error: {err}", file=sys.stderr)
         return 2
     failed = [k for k, v in results.items() if isinstance(v, dict) and v.get("status") == "failed"]
+    failed += [  # a failed evaluation stage also fails the command (its error file says why)
+        k
+        for k, v in results.items()
+        if isinstance(v, dict)
+        and any(s.get("status") != "finished" for s in (v.get("eval") or {}).values())
+    ]
     return 1 if failed else 0
 
 

@@ -421,3 +421,27 @@ def test_speed_reports_every_configuration(tmp_path):
     # serial averaging costs about one plain evaluation per rotation
     assert 0.1 < m["speed/rot1/n32/cost_vs_plain_per_rotation"] < 10.0  # timing noise on CI
     assert len(speed_cli.fcc_supercell(256)) == 256
+
+
+def test_rotational_error_of_conservative_model_on_a_bravais_lattice():
+    """Gradient forces vanish in a perfect 1-atom lattice for any model, so the
+    diagnostic must measure on the rattled working cell, not report 0."""
+    import torch
+
+    from train.calculator import ModelCalculator
+    from train.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("pet", "tiny", forces="conservative").double().eval()
+    calc = ModelCalculator(model, ["Cu"], forces="conservative")
+    primitive = bulk("Cu", "fcc", a=3.6)
+    forces = calc.evaluate([primitive])[0]["forces"]
+    assert np.abs(forces).max() < 1e-10  # the trap the working cell avoids
+    settings = symmetry_cli.SymmetrySettings(
+        num_rotations=2, grid_l_max=None, jacobian_atoms=0, md_steps=0, min_atoms=8
+    )
+    out = symmetry_cli.diagnose(calc, None, primitive, settings)
+    assert out["work_num_atoms"] >= 8
+    assert out["rot_error_forces"] > 1e-6  # pet is not equivariant
+    emt = symmetry_cli.diagnose(EMT(), None, primitive, settings)
+    assert emt["rot_error_forces"] < 1e-10

@@ -152,7 +152,6 @@ def _wait(predicate, what, timeout_s=400):
 def test_slurm_sweep_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
     import submitit
 
-
     study = tmp_path / "slurm-study"
     proc = sweep(
         "experiment=smoke",
@@ -207,10 +206,22 @@ def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_pa
     from slurm.status import study_status
 
     study = tmp_path / "grid"
-    common = ["study.data.generate.num_structures=60", "study.data.generate.shard_size=20",
-              "logger=none", "trainer.threads=1", "trainer.val_every=0"]
-    sweep("experiment=smoke", "cluster=local-slurm", f"study_dir={study}",
-          "study.budget.steps=4", "trainer.checkpoint_every=2", *common, check=True)
+    common = [
+        "study.data.generate.num_structures=60",
+        "study.data.generate.shard_size=20",
+        "logger=none",
+        "trainer.threads=1",
+        "trainer.val_every=0",
+    ]
+    sweep(
+        "experiment=smoke",
+        "cluster=local-slurm",
+        f"study_dir={study}",
+        "study.budget.steps=4",
+        "trainer.checkpoint_every=2",
+        *common,
+        check=True,
+    )
     jobs = json.loads((study / "jobs.json").read_text())
     assert len(jobs) == 4
 
@@ -228,25 +239,115 @@ def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_pa
     assert [r["state"] for r in study_status(study)] == ["finished"] * 4
 
     ddp = tmp_path / "ddp"
-    sweep("experiment=smoke", "cluster=local-slurm", f"study_dir={ddp}",
-          "cluster.tasks_per_node=2", "cluster.mem_gb=2", "study.budget.steps=4",
-          "study.axes.model=[pet-direct]", "study.axes.data_fraction=[1.0]",
-          "trainer.checkpoint_every=2", *common, check=True)
+    sweep(
+        "experiment=smoke",
+        "cluster=local-slurm",
+        f"study_dir={ddp}",
+        "cluster.tasks_per_node=2",
+        "cluster.mem_gb=2",
+        "study.budget.steps=4",
+        "study.axes.model=[pet-direct]",
+        "study.axes.data_fraction=[1.0]",
+        "trainer.checkpoint_every=2",
+        *common,
+        # an evaluation stage runs once, on the first task, inside the job
+        "study.evaluate=[{name:sym,workflow:symmetry,args:['--structures','builtin:cu-fcc',"
+        "'--num-rotations','1','--grid-l-max','-1','--jacobian-atoms','0','--md-steps','0',"
+        "'--min-atoms','4']}]",
+        check=True,
+    )
     _wait(lambda: all_done(ddp), "the 2-process job to finish")
     summary = json.loads((ddp / "runs" / "pet-direct_f1" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
+    sym = ddp / "runs" / "pet-direct_f1" / "eval" / "sym.json"
+    _wait(sym.exists, "the evaluation stage of the 2-process job")
+    assert json.loads(sym.read_text())["sym/num_structures"] == 1
 
     again = tmp_path / "requeue"
-    sweep("experiment=smoke", "cluster=local-slurm", f"study_dir={again}",
-          "study.budget.steps=400", "study.axes.model=[pet-direct]",
-          "study.axes.data_fraction=[1.0]", "trainer.checkpoint_every=5", *common, check=True)
+    sweep(
+        "experiment=smoke",
+        "cluster=local-slurm",
+        f"study_dir={again}",
+        "study.budget.steps=400",
+        "study.axes.model=[pet-direct]",
+        "study.axes.data_fraction=[1.0]",
+        "trainer.checkpoint_every=5",
+        *common,
+        check=True,
+    )
     job_id = json.loads((again / "jobs.json").read_text())["pet-direct_f1"]
     run = again / "runs" / "pet-direct_f1"
-    _wait(lambda: any(int(p.name[5:]) >= 10 for p in (run / "checkpoints").glob("step-*"))
-          if (run / "checkpoints").exists() else False, "two checkpoints")
+    _wait(
+        lambda: (
+            any(int(p.name[5:]) >= 10 for p in (run / "checkpoints").glob("step-*"))
+            if (run / "checkpoints").exists()
+            else False
+        ),
+        "two checkpoints",
+    )
     subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
 
     _wait_for_summary(run, job_id)
     assert json.loads((run / "summary.json").read_text())["steps"] == 400
     logs = "".join(p.read_text() for p in (again / "submitit").rglob("*_log.out"))
     assert "resumed" in logs
+
+
+def test_local_sweep_runs_evaluation_stages_after_training(tmp_path):
+    """Each trained model goes through the study's evaluation stages; their metrics
+    land in RUN/eval/<stage>.json where the scaling analysis reads them, a failing
+    stage is reported without losing the others, and a re-run only retries it."""
+    study = tmp_path / "study"
+    stages = (
+        "study.evaluate=["
+        "{name:relax,workflow:relax,args:['--structures','builtin:cu-fcc','--max-steps','5',"
+        "'--reference-model','none']},"
+        "{name:sym,workflow:symmetry,args:['--structures','builtin:cu-fcc','--num-rotations','2',"
+        "'--grid-l-max','1','--jacobian-atoms','0','--md-steps','0','--min-atoms','4']},"
+        "{name:broken,workflow:phonons,args:['--structures','builtin:nosuch']}]"
+    )
+    args = [
+        "experiment=smoke",
+        "cluster=local",
+        f"study_dir={study}",
+        *SMALL,
+        "study.axes.model=[pet-direct]",
+        "study.axes.data_fraction=[1.0]",
+        stages,
+    ]
+    first = sweep(*args)
+    assert first.returncode == 1, first.stdout + first.stderr  # the broken stage
+    assert "eval 2 done, failed: broken" in first.stdout, first.stdout
+    run = study / "runs" / "pet-direct_f1"
+    relax = json.loads((run / "eval" / "relax.json").read_text())
+    assert relax["relax/num_structures"] == 1
+    assert (run / "eval" / "relax" / "results.csv").is_file()
+    sym = json.loads((run / "eval" / "sym.json").read_text())
+    assert sym["sym/rot_error_forces"] > 0  # pet is not equivariant
+    assert "builtin:nosuch" in (run / "eval" / "broken.error.txt").read_text()
+    assert not (run / "eval" / "broken.json").exists()
+
+    from analysis.load import load_run_dir
+
+    loaded = load_run_dir(run)
+    assert loaded.metrics["relax/num_structures"] == 1
+    assert loaded.metrics["sym/rot_error_forces"] == sym["sym/rot_error_forces"]
+
+    stamp = (run / "eval" / "relax.json").stat().st_mtime_ns
+    again = sweep(*args)
+    assert "evaluation stages to run: broken" in again.stdout, again.stdout
+    assert (run / "eval" / "relax.json").stat().st_mtime_ns == stamp  # not redone
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4  # not retrained
+
+
+def test_bad_stage_definitions_fail_before_training():
+    from slurm.stages import parse_stages
+
+    with pytest.raises(ValueError, match="workflow 'relx' is not one of"):
+        parse_stages([{"name": "x", "workflow": "relx"}])
+    with pytest.raises(ValueError, match="--out is set by the stage"):
+        parse_stages([{"workflow": "relax", "args": ["--out", "x"]}])
+    with pytest.raises(ValueError, match="repeated"):
+        parse_stages([{"workflow": "relax"}, {"workflow": "relax"}])
+    assert parse_stages([{"workflow": "speed"}])[0].name == "speed"
