@@ -80,7 +80,8 @@ def asr_violation(fc: NDArray[np.float64]) -> float:
 
 def fc_asymmetry(fc: NDArray[np.float64]) -> float:
     """||Phi - Phi^T||_F / ||Phi||_F with Phi^T_ij,ab = Phi_ji,ba (0 for a true Hessian)."""
-    return float(np.linalg.norm(fc - fc.transpose(1, 0, 3, 2)) / np.linalg.norm(fc))
+    norm = np.linalg.norm(fc)
+    return float(np.linalg.norm(fc - fc.transpose(1, 0, 3, 2)) / norm) if norm > 0 else 0.0
 
 
 def symmetrize_force_constants(
@@ -172,6 +173,11 @@ def compute_phonons(atoms: Atoms, calc: Calculator, settings: PhononSettings) ->
     phonon.generate_displacements(distance=settings.displacement)
     forces = _supercell_forces(calc, phonon.supercells_with_displacements)
     residual = _supercell_forces(calc, [phonon.supercell])[0]
+    if not (np.isfinite(forces).all() and np.isfinite(residual).all()):
+        raise ValueError(
+            "the calculator returned non-finite forces on the displaced supercells "
+            f"of {atoms.get_chemical_formula()} (relaxed cell volume {atoms.get_volume():.3g} A^3)"
+        )
     if settings.subtract_residual:
         forces = forces - residual
     phonon.forces = forces
@@ -184,9 +190,15 @@ def compute_phonons(atoms: Atoms, calc: Calculator, settings: PhononSettings) ->
     path = atoms.cell.bandpath(npoints=settings.path_points)
     path_freqs = np.array(phonon.run_qpoints(path.kpts).frequencies)
     x, special_x, labels = path.get_linear_kpoint_axis()
-    phonon.run_mesh(list(settings.mesh), is_gamma_center=True)
-    phonon.run_total_dos()
-    dos = {"frequency_points": phonon.total_dos.frequency_points, "total_dos": phonon.total_dos.dos}
+    dos = {"frequency_points": np.zeros(0), "total_dos": np.zeros(0)}
+    if np.ptp(path_freqs) > 1e-6:  # phonopy's DOS needs a frequency range (a flat
+        # spectrum, e.g. a model with zero force constants, has none)
+        phonon.run_mesh(list(settings.mesh), is_gamma_center=True)
+        phonon.run_total_dos()
+        dos = {
+            "frequency_points": phonon.total_dos.frequency_points,
+            "total_dos": phonon.total_dos.dos,
+        }
     num_acoustic = 3
     return {
         "formula": atoms.get_chemical_formula(),

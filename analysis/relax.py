@@ -52,6 +52,7 @@ CSV_COLUMNS = (
     "rmsd",
     "rmsd_normalized",
     "volume_change",
+    "volume_error",
     "ref_converged",
     "spacegroup_before",
     "spacegroup_after",
@@ -213,6 +214,9 @@ def run_relax(
                 "volume_change": res.atoms.get_volume() / start.get_volume() - 1.0
                 if periodic
                 else math.nan,
+                "volume_error": res.atoms.get_volume() / ref.atoms.get_volume() - 1.0
+                if periodic and ref is not None
+                else math.nan,
                 "ref_converged": ref.converged if ref else None,
                 "spacegroup_before": spacegroup(start, SYMPREC_STRICT)[0],
                 "spacegroup_after": spacegroup(res.atoms, SYMPREC_STRICT)[0],
@@ -256,6 +260,8 @@ def summarize(rows: list[dict]) -> dict[str, float]:
         "relax/rmsd_max": max((r["rmsd"] for r in rows), default=math.nan),
         "relax/rmsd_normalized_mean": nanmean([r["rmsd_normalized"] for r in rows]),
         "relax/energy_mae_per_atom": nanmean(energy_err),
+        # |V / V_ref - 1| of the relaxed cells: what RMSD misses when only the cell moves
+        "relax/volume_error_mean_abs": nanmean([abs(r["volume_error"]) for r in rows]),
         "relax/spacegroup_kept_fraction": sum(
             r["spacegroup_before"] == r["spacegroup_after"] for r in rows
         )

@@ -76,10 +76,9 @@ def load_model(path: str | Path, forces: str | None = None, device="cpu", dtype=
             f"{path} was trained with conservative forces only: it has no direct "
             "force head; use forces='conservative'"
         )
-    # A pet model has the same parameters in every mode; "both" serves either kind
-    # (gradient forces under forces/stress, head forces under direct_*).
-    build_mode = "both" if payload["family"] == "pet" and build != trained else build
-    model = build_model(payload["family"], payload["size"], build_mode, **payload["knobs"])
+    # A pet model has the same parameters in every mode, so a `both` file builds
+    # as plain `direct` (heads only: no autograd, the fast path) or `conservative`.
+    model = build_model(payload["family"], payload["size"], build, **payload["knobs"])
     model.load_state_dict(payload["state_dict"])
     model.forces_requested = build
     dtype = dtype or getattr(torch, payload.get("dtype", "float32"))

@@ -1,0 +1,305 @@
+"""The practical tests of one trained model, for each way of running it.
+
+    python -m analysis.practical --model RUN/model.pt --test-data SHARD_DIR --out DIR
+        [--variants direct direct-rot3 conservative conservative-rot3] [--quick]
+
+A *variant* is a force mode plus optional rotational averaging:
+``direct``, ``conservative``, ``direct-rotL``, ``conservative-rotL`` (L = l_max of
+the grid; ``-rotLi`` adds inversion). For each variant, with EMT as the reference:
+
+- ``labels``: energy, force and stress errors on the first ``--num-test``
+  structures of the test split (the labels are EMT's);
+- ``relax``: free relaxation (positions and cell, FIRE) of fcc, L1_2, strained,
+  bcc, hcp and rock-salt cells; RMSD and energy against EMT's own relaxation,
+  and whether the space group survived;
+- ``relax-fixsym``: the same with ASE's FixSymmetry, which must keep every group;
+- ``phonons``: fcc Cu, Al, Ni and Au and L1_2 Cu3Au, 2x2x2 supercells; frequency
+  errors against EMT, imaginary modes, acoustic-sum-rule violation before
+  symmetrisation;
+- ``symmetry``: rotational error (random rotations, and the grid spread of the
+  uncorrected model), lambda and NVE drift on test structures;
+
+plus one ``speed`` run over every configuration. Writes each workflow's own
+files under ``DIR/<variant>/<workflow>/``, ``DIR/results.json`` (every metric
+by variant) and ``DIR/table.md`` (the summary table). Finished parts are kept:
+running the command again only does what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from analysis.calculators import ModelOptions, load_structures, write_json
+
+VARIANT = re.compile(r"^(direct|conservative)(?:-rot(\d+)(i?))?$")
+RELAX_SETS = ("builtin:metals", "builtin:prototypes")
+QUICK_RELAX = ("builtin:cu-fcc", "builtin:cu-hcp")
+PHONON_NAMES = ("cu-fcc", "al-fcc", "ni-fcc", "au-fcc", "cu3au-l12")
+
+
+def parse_variant(spec: str, model: str) -> ModelOptions:
+    """``direct-rot3`` -> ModelOptions(forces='direct', rotational_average=3)."""
+    match = VARIANT.match(spec)
+    if match is None:
+        raise ValueError(
+            f"variant {spec!r}: expected direct|conservative with an optional -rotL "
+            "(e.g. direct-rot3, conservative-rot2i)"
+        )
+    forces, l_max, inversion = match.groups()
+    return ModelOptions(
+        spec=model,
+        forces=forces,  # type: ignore[arg-type]
+        rotational_average=int(l_max) if l_max else None,
+        inversion=bool(inversion),
+    )
+
+
+def test_structures(root: str, count: int) -> list[tuple[str, object]]:
+    """The first ``count`` labelled structures of the test split as ASE atoms."""
+    from data_pipelines.inspect import iter_split, to_atoms
+
+    out = []
+    for s in iter_split(root, "test"):
+        out.append((re.sub(r"[^A-Za-z0-9._-]+", "_", s.source_id), to_atoms(s)))
+        if len(out) == count:
+            break
+    if not out:
+        raise ValueError(f"{root}: the test split holds no structures")
+    return out
+
+
+def label_errors(options: ModelOptions, structures: list) -> dict[str, float]:
+    """Energy (per atom), force and stress MAE against the structures' labels."""
+    calc = options.build()
+    e_err, f_err, s_err = [], [], []
+    for _, labelled in structures:
+        ref = labelled.calc.results
+        atoms = labelled.copy()
+        atoms.calc = calc
+        e_err.append(abs(atoms.get_potential_energy() - ref["energy"]) / len(atoms))
+        f_err.append(np.abs(atoms.get_forces() - ref["forces"]).ravel())
+        if "stress" in ref and atoms.pbc.all():
+            stress = np.asarray(ref["stress"])
+            if stress.shape == (3, 3):
+                stress = full_3x3_to_voigt_6_stress(stress)
+            s_err.append(np.abs(atoms.get_stress() - stress))
+    return {
+        "labels/num_structures": len(structures),
+        "labels/energy_mae_per_atom": float(np.mean(e_err)),
+        "labels/force_mae": float(np.concatenate(f_err).mean()),
+        "labels/stress_mae": float(np.concatenate(s_err).mean()) if s_err else math.nan,
+    }
+
+
+def _cached(path: Path, compute) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text())
+    metrics = compute()
+    write_json(path, metrics)
+    return json.loads(path.read_text())
+
+
+def evaluate_variant(
+    name: str,
+    options: ModelOptions,
+    out: Path,
+    tests: list,
+    quick: bool = False,
+) -> dict[str, float]:
+    """Every workflow for one variant; returns the merged flat metrics."""
+    from analysis.phonons import PhononSettings, run_phonons
+    from analysis.relax import RelaxSettings, run_relax
+    from analysis.symmetry import SymmetrySettings, run_symmetry
+
+    emt = ModelOptions(spec="emt")
+    target = out / name
+    metrics: dict[str, float] = {}
+    t0 = time.time()
+    metrics.update(
+        _cached(target / "labels" / "metrics.json", lambda: label_errors(options, tests))
+    )
+    relax_sets = QUICK_RELAX if quick else RELAX_SETS
+    relax_structures = [p for spec in relax_sets for p in load_structures(spec)]
+    settings = RelaxSettings(fmax=0.01, max_steps=30 if quick else 300)
+    for part, fix in (("relax", False), ("relax-fixsym", True)):
+        part_metrics = _cached(
+            target / part / "metrics.json",
+            lambda fix=fix, part=part: run_relax(
+                options,
+                relax_structures,
+                RelaxSettings(**{**settings.__dict__, "fix_symmetry": fix}),
+                reference=emt,
+                out=target / part,
+            )["metrics"],
+        )
+        metrics.update({k.replace("relax/", f"{part}/"): v for k, v in part_metrics.items()})
+    names = PHONON_NAMES[:1] if quick else PHONON_NAMES
+    phonon_structures = [p for n in names for p in load_structures(f"builtin:{n}")]
+    metrics.update(
+        _cached(
+            target / "phonons" / "metrics.json",
+            lambda: run_phonons(
+                options,
+                phonon_structures,
+                PhononSettings(relax_fmax=1e-3, mesh=(8, 8, 8)),
+                reference=emt,
+                out=target / "phonons",
+            )["metrics"],
+        )
+    )
+    sym_settings = SymmetrySettings(
+        num_rotations=2 if quick else 8,
+        grid_l_max=1 if quick else 3,
+        jacobian_atoms=2 if quick else 8,
+        min_atoms=8 if quick else 32,
+        md_steps=10 if quick else 100,
+    )
+    metrics.update(
+        _cached(
+            target / "symmetry" / "metrics.json",
+            lambda: run_symmetry(
+                options, tests[: 1 if quick else 4], sym_settings, out=target / "symmetry"
+            )["metrics"],
+        )
+    )
+    print(f"{name}: done in {time.time() - t0:.0f} s", flush=True)
+    return metrics
+
+
+COLUMNS = (
+    ("force MAE (meV/A)", "labels/force_mae", 1e3, ".1f"),
+    ("energy MAE (meV/atom)", "labels/energy_mae_per_atom", 1e3, ".1f"),
+    ("relax RMSD vs EMT (A)", "relax/rmsd_mean", 1.0, ".4f"),
+    ("relax volume err (%)", "relax/volume_error_mean_abs", 1e2, ".2f"),
+    ("relax energy err (meV/atom)", "relax/energy_mae_per_atom", 1e3, ".2f"),
+    ("space group kept, free", "relax/spacegroup_kept_fraction", None, ""),
+    ("space group kept, FixSymmetry", "relax-fixsym/spacegroup_kept_fraction", None, ""),
+    ("phonon MAE (THz)", "phonon/freq_mae_THz", 1.0, ".3f"),
+    ("imaginary modes", "phonon/num_imaginary", 1.0, ".0f"),
+    ("ASR violation (eV/A^2)", "phonon/asr_violation", 1.0, ".2e"),
+    ("rot. error forces (meV/A)", "symmetry/rot_error_forces", 1e3, ".3f"),
+    ("lambda", "symmetry/lambda", 1.0, ".2e"),
+    ("NVE drift (meV/atom/ps)", "symmetry/nve_drift_meV_per_atom_per_ps", 1.0, ".2f"),
+    ("us/atom", "speed/us_per_atom", 1.0, ".0f"),
+)
+
+
+def _cell(metrics: dict, key: str, scale: float | None, fmt: str, num: int) -> str:
+    value = metrics.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if scale is None:  # a fraction of structures: show the count
+        return f"{round(value * num)}/{num}"
+    return format(value * scale, fmt)
+
+
+def table(results: dict[str, dict]) -> str:
+    """Markdown table: one row per variant."""
+    head = "| variant | " + " | ".join(c[0] for c in COLUMNS) + " |"
+    rule = "|---" * (len(COLUMNS) + 1) + "|"
+    lines = [head, rule]
+    for name, m in results.items():
+        num = int(m.get("relax/num_structures", 0))
+        cells = [_cell(m, key, scale, fmt, num) for _, key, scale, fmt in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def speed_for_variants(model: str, variants: dict[str, ModelOptions], size: int, out: Path):
+    """us/atom of every variant at one size, and the averaged cost per rotation."""
+    from analysis.speed import fcc_supercell, time_calculator
+    from train.corrections import rotation_grid
+
+    path = out / "speed" / "metrics.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    atoms = fcc_supercell(size, "Cu")
+    metrics: dict[str, float] = {}
+    plain: dict[str, float] = {}
+    for name, options in sorted(variants.items(), key=lambda kv: kv[1].rotational_average or 0):
+        timing = time_calculator(options.build(), atoms, repeats=3)
+        metrics[f"{name}/us_per_atom"] = timing["us_per_atom"]
+        metrics[f"{name}/peak_memory_mb"] = timing["peak_memory_mb"]
+        if options.rotational_average is None:
+            plain[options.forces] = timing["seconds"]
+        elif options.forces in plain:
+            rotations = len(rotation_grid(options.rotational_average, options.inversion))
+            ratio = timing["seconds"] / plain[options.forces]
+            metrics[f"{name}/num_rotations"] = rotations
+            metrics[f"{name}/cost_vs_plain"] = ratio
+            metrics[f"{name}/cost_vs_plain_per_rotation"] = ratio / rotations
+    metrics["num_atoms"] = size
+    write_json(path, metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.practical",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="an exported model file (RUN/model.pt)")
+    p.add_argument("--test-data", required=True, help="shard directory with a test split")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["direct", "direct-rot3", "conservative", "conservative-rot3"],
+    )
+    p.add_argument("--num-test", type=int, default=200, help="test structures for the labels")
+    p.add_argument("--speed-atoms", type=int, default=256)
+    p.add_argument("--quick", action="store_true", help="fewer structures and steps (tests)")
+    args = p.parse_args(argv)
+    if not Path(args.model).is_file():
+        p.error(f"--model {args.model}: no such file")
+    try:
+        variants = {v: parse_variant(v, args.model) for v in args.variants}
+    except ValueError as err:
+        p.error(str(err))
+    tests = test_structures(args.test_data, args.num_test)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {
+        name: evaluate_variant(name, options, args.out, tests, args.quick)
+        for name, options in variants.items()
+    }
+    speed = speed_for_variants(args.model, variants, args.speed_atoms, args.out)
+    for name in results:
+        results[name]["speed/us_per_atom"] = speed[f"{name}/us_per_atom"]
+        for key in ("num_rotations", "cost_vs_plain", "cost_vs_plain_per_rotation"):
+            if f"{name}/{key}" in speed:
+                results[name][f"speed/{key}"] = speed[f"{name}/{key}"]
+    drops = {}
+    for name, options in variants.items():
+        plain = options.forces
+        if options.rotational_average is not None and plain in results:
+            before = results[plain]["symmetry/rot_error_forces"]
+            after = results[name]["symmetry/rot_error_forces"]
+            drops[name] = before / after if after > 0 else math.inf
+    summary = {"model": args.model, "variants": results, "rotational_error_drop": drops}
+    write_json(args.out / "results.json", summary)
+    text = table(results)
+    if drops:
+        text += (
+            "\nRotational error (forces) of the averaged model, relative drop: "
+            + ", ".join(f"{k} {v:.0f}x" for k, v in drops.items())
+            + "\n"
+        )
+    (args.out / "table.md").write_text(text)
+    print(text)
+    print(f"-> {args.out / 'table.md'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,168 @@
+"""The ASE calculator over an exported model file, and the practical-evaluation
+command on a model trained by the training command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from tests.train.conftest import train_cli
+
+
+@pytest.fixture(scope="module")
+def both_model(emt_shards, tmp_path_factory):
+    """A tiny pet trained with both heads through the real CLI, exported."""
+    run = tmp_path_factory.mktemp("both") / "run"
+    train_cli(
+        f"data.root={emt_shards}",
+        "model=pet",
+        "size=tiny",
+        "forces=both",
+        "logger=none",
+        "data.max_atoms=64",
+        "trainer.threads=1",
+        "trainer.max_steps=6",
+        "trainer.val_every=0",
+        "trainer.checkpoint_every=6",
+        f"run_dir={run}",
+    )
+    return run / "model.pt"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rattled_cu():
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
+    atoms.rattle(0.05, seed=3)
+    return atoms
+
+
+def test_a_both_file_serves_each_force_mode(both_model):
+    from train.calculator import load_calculator
+    from train.export import load_model
+    from train.models import DIRECT_FORCES
+
+    direct_model, _ = load_model(both_model, forces="direct", dtype=torch.float64)
+    assert direct_model.forces == "direct"  # heads only: no autograd at inference
+    both, _ = load_model(both_model, forces="both", dtype=torch.float64)
+    atoms = rattled_cu()
+
+    direct = load_calculator(both_model, forces="direct", dtype=torch.float64)
+    conservative = load_calculator(both_model, forces="conservative", dtype=torch.float64)
+    from train.calculator import ModelCalculator
+
+    reference = ModelCalculator(both, ["Cu"]).evaluate  # keys of the `both` build
+    a = atoms.copy()
+    a.calc = direct
+    f_direct = a.get_forces()
+    from data_pipelines.batching import batch_structures
+    from train.calculator import _structure
+
+    out = both(batch_structures([_structure(atoms)], both.cutoff, dtype=torch.float64))
+    np.testing.assert_allclose(f_direct, out[DIRECT_FORCES].detach().numpy(), atol=1e-10)
+    np.testing.assert_allclose(
+        reference([atoms])[0]["forces"], out["forces"].detach().numpy(), atol=1e-10
+    )
+
+    # conservative forces are minus the gradient of the energy
+    b = atoms.copy()
+    b.calc = conservative
+    forces = b.get_forces()
+    step = 1e-5
+    for i, k in ((0, 0), (3, 2), (6, 1)):
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[i, k] += step
+        minus.positions[i, k] -= step
+        plus.calc = minus.calc = conservative
+        fd = -(plus.get_potential_energy() - minus.get_potential_energy()) / (2 * step)
+        assert forces[i, k] == pytest.approx(fd, abs=1e-6)
+    assert not np.allclose(forces, f_direct)  # two different force fields
+
+
+def test_batched_rotational_average_matches_serial(both_model):
+    from train.calculator import load_calculator
+    from train.corrections import RotationalAverage
+
+    atoms = rattled_cu()
+    batched = load_calculator(
+        both_model, forces="direct", rotational_average=2, dtype=torch.float64
+    )
+    serial = RotationalAverage(
+        load_calculator(both_model, forces="direct", dtype=torch.float64), l_max=2
+    )
+    a, b = atoms.copy(), atoms.copy()
+    a.calc, b.calc = batched, serial
+    np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-9)
+    np.testing.assert_allclose(a.get_stress(), b.get_stress(), atol=1e-11)
+    assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-9)
+    assert batched.results["forces_rot_std"].max() > 0  # the model is not equivariant
+
+
+def test_practical_command_on_a_trained_model(both_model, emt_shards, tmp_path):
+    from analysis import practical
+
+    out = tmp_path / "practical"
+    args = [
+        "--model",
+        str(both_model),
+        "--test-data",
+        emt_shards,
+        "--out",
+        str(out),
+        "--quick",
+        "--num-test",
+        "4",
+        "--variants",
+        "direct",
+        "direct-rot2",
+        "--speed-atoms",
+        "32",
+    ]
+    summary = practical.main(args)
+    rows = summary["variants"]
+    assert set(rows) == {"direct", "direct-rot2"}
+    for name, m in rows.items():
+        assert m["labels/num_structures"] == 4
+        assert m["labels/force_mae"] > 0
+        assert m["relax-fixsym/spacegroup_kept_fraction"] == 1.0, name
+        assert m["phonon/num_structures"] == 1
+        assert m["speed/us_per_atom"] > 0
+    # the grid removes what the random rotations see, up to the grid's degree
+    assert summary["rotational_error_drop"]["direct-rot2"] > 10
+    assert rows["direct-rot2"]["speed/num_rotations"] == 30
+    table = (out / "table.md").read_text()
+    assert "| direct-rot2 |" in table and "force MAE" in table
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["variants"]["direct"]["labels/force_mae"] == rows["direct"]["labels/force_mae"]
+    # a second call reuses every finished part
+    stamp = (out / "direct" / "phonons" / "metrics.json").stat().st_mtime_ns
+    practical.main(args)
+    assert (out / "direct" / "phonons" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_practical_command_rejects_bad_variants(both_model, emt_shards, tmp_path):
+    from analysis import practical
+
+    with pytest.raises(SystemExit):
+        practical.main(
+            [
+                "--model",
+                str(both_model),
+                "--test-data",
+                emt_shards,
+                "--out",
+                str(tmp_path),
+                "--variants",
+                "sideways",
+            ]
+        )
