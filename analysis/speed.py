@@ -1,7 +1,7 @@
 """Inference speed vs system size, with and without inference-time corrections.
 
     python -m analysis.speed --model emt [--sizes 64 256 1024] [--rot-l-max 3] \
-        [--repeats 3] [--out DIR]
+        [--repeats 3] [--out DIR] [--compare MACE_MODEL ...]
 
 Times energy + forces (+ stress) on rattled fcc supercells of each size for
 these configurations: the plain model (for a model file, each force mode),
@@ -9,7 +9,8 @@ rotationally averaged at each ``--rot-l-max`` (reported per grid size, with
 the cost relative to plain divided by the number of rotations: 1.0 means
 batching gained nothing, the issue's target is <= 1.2), and space-group
 projected (the cost of spglib + the projection; the cells are rattled, so
-the group is P1, as in MD).
+the group is P1, as in MD). ``--compare`` times other model files (a mace of
+matched size) plain on the same cells; ``settings.num_params`` gives the sizes.
 
 Writes ``DIR/results.json`` and ``DIR/metrics.json`` with flat names
 ``speed/<config>/n<size>/us_per_atom`` (and ``atoms_per_s``, ``cost_vs_plain``).
@@ -122,6 +123,27 @@ def speed_configs(model: ModelOptions, rot_l_max: list[int]) -> dict[str, ModelO
     return configs
 
 
+def model_label(spec: str) -> str:
+    """``<family>-<size>`` of an exported model file (``emt`` for EMT)."""
+    if spec == "emt":
+        return "emt"
+    import torch
+
+    payload = torch.load(spec, map_location="cpu", weights_only=False)
+    return f"{payload['family']}-{payload['size']}"
+
+
+def _num_params(configs: dict[str, ModelOptions]) -> dict[str, int]:
+    out = {}
+    for name, options in configs.items():
+        if options.spec != "emt" and options.rotational_average is None:
+            from train.export import load_model
+
+            model, _ = load_model(options.spec, forces=options.forces)
+            out[name] = model.num_parameters()
+    return out
+
+
 def run_speed(
     model: ModelOptions,
     sizes: list[int],
@@ -129,13 +151,23 @@ def run_speed(
     repeats: int = 3,
     element: str = "Cu",
     out: Path | None = None,
+    compare: list[str] | None = None,
 ) -> dict:
     """Time every configuration at every size.
+
+    Args:
+        compare: other model files (e.g. a mace of matched size) timed plain
+            next to the configurations, named ``<family>-<size>``.
 
     Returns:
         ``{"settings", "timings": {config: {size: timing}}, "metrics"}``.
     """
     configs = speed_configs(model, rot_l_max)
+    for spec in compare or []:
+        name = model_label(spec)
+        while name in configs:
+            name += "+"
+        configs[name] = ModelOptions(spec=spec)
     timings: dict[str, dict[int, dict[str, float]]] = {}
     metrics: dict[str, float] = {}
     for size in sizes:
@@ -167,6 +199,7 @@ def run_speed(
             "repeats": repeats,
             "element": element,
             "configs": {k: v.as_dict() for k, v in configs.items()},
+            "num_params": _num_params(configs),
         },
         "timings": timings,
         "metrics": metrics,
@@ -186,9 +219,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--element", default="Cu")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="MODEL",
+        help="other model files timed plain at the same sizes (e.g. mace of matched size)",
+    )
     args = parser.parse_args(argv)
     model = ModelOptions(spec=args.model)
-    result = run_speed(model, args.sizes, args.rot_l_max, args.repeats, args.element, args.out)
+    result = run_speed(
+        model, args.sizes, args.rot_l_max, args.repeats, args.element, args.out, args.compare
+    )
     for name, by_size in result["timings"].items():
         cells = ", ".join(
             f"n={n}: {t['us_per_atom']:.1f} us/atom (x{t['cost_vs_plain']:.2f})"

@@ -166,3 +166,32 @@ def test_practical_command_rejects_bad_variants(both_model, emt_shards, tmp_path
                 "sideways",
             ]
         )
+
+
+def test_speed_times_each_mode_and_a_compared_model(both_model, tmp_path):
+    from analysis import speed
+
+    result = speed.main(
+        [
+            "--model",
+            str(both_model),
+            "--sizes",
+            "32",
+            "--rot-l-max",
+            "1",
+            "--repeats",
+            "1",
+            "--compare",
+            str(both_model),
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    timings = result["timings"]
+    assert set(timings) == {"direct", "conservative", "rot1", "spacegroup", "pet-tiny"}
+    assert (
+        result["settings"]["num_params"]["pet-tiny"] == result["settings"]["num_params"]["direct"]
+    )
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["speed/pet-tiny/n32/us_per_atom"] > 0
+    assert m["speed/rot1/n32/cost_vs_plain_per_rotation"] > 0
