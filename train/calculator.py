@@ -28,7 +28,11 @@ class ModelCalculator(Calculator):
     Args:
         model: a model from `train.export.load_model`.
         forces: "direct" (heads, no autograd) or "conservative" (-dE/dr).
-        max_atoms: atoms per forward pass when evaluating many structures.
+        max_atoms: atoms per forward pass when evaluating many structures (the
+            rotated copies of rotational averaging). None picks by device: 4096 on
+            a GPU, where bigger batches fill the device; 256 on a CPU, where a
+            forward pass costs the same per atom at any size until its tensors
+            leave the cache, and more per atom beyond (measured in BENCHMARKS.md).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -38,16 +42,18 @@ class ModelCalculator(Calculator):
         model,
         elements: list[str],
         forces: str = "conservative",
-        max_atoms: int = 4096,
+        max_atoms: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.model = model
         self.forces_mode = forces
-        self.max_atoms = max_atoms
         self.supported_species = sorted(atomic_numbers[e] for e in elements)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        if max_atoms is None:
+            max_atoms = 4096 if self.device.type == "cuda" else 256
+        self.max_atoms = max_atoms
 
     def _keys(self, out: dict) -> tuple[str, str]:
         if self.forces_mode == "direct" and DIRECT_FORCES in out:
@@ -105,6 +111,7 @@ def load_calculator(
     device: str = "cpu",
     dtype: torch.dtype | None = None,
     symprec: float = 1e-5,
+    max_atoms: int | None = None,
 ) -> Calculator:
     """An ASE calculator for an exported model, optionally corrected.
 
@@ -115,13 +122,15 @@ def load_calculator(
         rotational_average: l_max of the rotation quadrature (None: off).
         inversion: pair every rotation with its inversion (O(3) average).
         space_group: project energy, forces and stress onto the crystal's symmetry.
+        max_atoms: atoms per forward pass for batched evaluation (see
+            :class:`ModelCalculator`; None picks by device).
     """
     from train.corrections import RotationalAverage, SpaceGroupProjection
     from train.export import load_model
 
     model, payload = load_model(model_file, forces=forces, device=device, dtype=dtype)
     mode = forces or ("direct" if payload["forces"] == "direct" else "conservative")
-    calc: Calculator = ModelCalculator(model, payload["elements"], forces=mode)
+    calc: Calculator = ModelCalculator(model, payload["elements"], forces=mode, max_atoms=max_atoms)
     if rotational_average is not None:
         base = calc
 
