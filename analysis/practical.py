@@ -178,7 +178,7 @@ def evaluate_variant(
 COLUMNS = (
     ("force MAE (meV/A)", "labels/force_mae", 1e3, ".1f"),
     ("energy MAE (meV/atom)", "labels/energy_mae_per_atom", 1e3, ".1f"),
-    ("relax RMSD vs EMT (A)", "relax/rmsd_mean", 1.0, ".4f"),
+    ("relax RMSD vs EMT (A)", "relax/rmsd_mean", 1.0, ".1e"),
     ("relax volume err (%)", "relax/volume_error_mean_abs", 1e2, ".2f"),
     ("relax energy err (meV/atom)", "relax/energy_mae_per_atom", 1e3, ".2f"),
     ("space group kept, free", "relax/spacegroup_kept_fraction", None, ""),

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
-import sys
 import time
 from pathlib import Path
 
@@ -59,21 +57,6 @@ def fcc_supercell(num_atoms: int, element: str = "Cu", rattle: float = 0.01) -> 
     return atoms
 
 
-def _peak_memory_mb() -> float:
-    """Peak GPU memory since the last reset if a CUDA torch is loaded, else process RSS."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    # ru_maxrss is the process high-water mark (KiB on Linux): monotone over the run.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak_memory() -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-
-
 def time_calculator(calc: Calculator, atoms: Atoms, repeats: int = 3) -> dict[str, float]:
     """Median wall time of energy + forces (+ stress) after one warm-up call.
 
@@ -92,18 +75,25 @@ def time_calculator(calc: Calculator, atoms: Atoms, repeats: int = 3) -> dict[st
             work.get_stress()
 
     evaluate()  # warm-up: compilation, caches, neighbour-list allocation
-    _reset_peak_memory()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         evaluate()
         times.append(time.perf_counter() - start)
     seconds = float(np.median(times))
+    # Peak memory above the level before the call (the process high-water mark is
+    # monotone over a run and cannot tell configurations apart), from a separate
+    # call so that sampling does not slow the timed ones.
+    import torch
+
+    from analysis.bench_models import peak_memory
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return {
         "seconds": seconds,
         "us_per_atom": 1e6 * seconds / len(atoms),
         "atoms_per_s": len(atoms) / seconds,
-        "peak_memory_mb": _peak_memory_mb(),
+        "peak_memory_mb": peak_memory(evaluate, device) / 2**20,
     }
 
 

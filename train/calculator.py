@@ -13,13 +13,35 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers
 
 from data_pipelines import schema as K
-from data_pipelines.batching import batch_structures
+from data_pipelines.batching import Graph, collate, make_graph
 from data_pipelines.schema import Structure
 from train.models.base import DIRECT_FORCES, DIRECT_STRESS
 
 
 def _structure(atoms: Atoms) -> Structure:
     return Structure("ase", atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+
+
+def _rotated_graph(reference: Graph, structure: Structure) -> Graph | None:
+    """``reference``'s neighbour list for ``structure`` if the latter is the same
+    periodic structure rigidly rotated (positions and cell; fractional coordinates,
+    hence cell shifts, unchanged), else None."""
+    ref = reference.structure
+    if (
+        structure.num_atoms != ref.num_atoms
+        or not (structure.pbc.all() and ref.pbc.all())
+        or not np.array_equal(structure.numbers, ref.numbers)
+    ):
+        return None
+    try:
+        rotation = np.linalg.solve(ref.cell, structure.cell)  # ref.cell @ R = cell
+    except np.linalg.LinAlgError:
+        return None
+    if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-10):
+        return None
+    if not np.allclose(ref.positions @ rotation, structure.positions, rtol=0.0, atol=1e-8):
+        return None
+    return Graph(structure, reference.edge_i, reference.edge_j, reference.shifts)
 
 
 class ModelCalculator(Calculator):
@@ -47,6 +69,7 @@ class ModelCalculator(Calculator):
     ):
         super().__init__(**kwargs)
         self.model = model
+        model.cache_isolated = True  # fixed weights: isolated-atom energies once
         self.forces_mode = forces
         self.supported_species = sorted(atomic_numbers[e] for e in elements)
         self.device = next(model.parameters()).device
@@ -55,14 +78,30 @@ class ModelCalculator(Calculator):
             max_atoms = 4096 if self.device.type == "cuda" else 256
         self.max_atoms = max_atoms
 
+    def _graphs(self, structures: list[Atoms]) -> list[Graph]:
+        graphs: list[Graph] = []
+        built: Graph | None = None  # the last neighbour list computed from scratch
+        for atoms in structures:
+            structure = _structure(atoms)
+            graph = _rotated_graph(built, structure) if built is not None else None
+            if graph is None:
+                graph = built = make_graph(structure, self.model.cutoff)
+            graphs.append(graph)
+        return graphs
+
     def _keys(self, out: dict) -> tuple[str, str]:
         if self.forces_mode == "direct" and DIRECT_FORCES in out:
             return DIRECT_FORCES, DIRECT_STRESS
         return K.FORCES, K.STRESS
 
     def evaluate(self, structures: list[Atoms]) -> list[dict]:
-        """Results for several structures, packed into as few forward passes as fit."""
+        """Results for several structures, packed into as few forward passes as fit.
+
+        A periodic structure that is a rigid rotation of an earlier one of the
+        same call (the copies of rotational averaging) reuses its neighbour list.
+        """
         results: list[dict] = []
+        graphs = self._graphs(structures)
         start = 0
         while start < len(structures):
             chunk, atoms = [], 0
@@ -71,9 +110,7 @@ class ModelCalculator(Calculator):
             ):
                 atoms += len(structures[start + len(chunk)])
                 chunk.append(structures[start + len(chunk)])
-            batch = batch_structures(
-                [_structure(a) for a in chunk], self.model.cutoff, dtype=self.dtype
-            )
+            batch = collate(graphs[start : start + len(chunk)], dtype=self.dtype)
             batch = {
                 k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
             }

@@ -195,3 +195,30 @@ def test_speed_times_each_mode_and_a_compared_model(both_model, tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["speed/pet-tiny/n32/us_per_atom"] > 0
     assert m["speed/rot1/n32/cost_vs_plain_per_rotation"] > 0
+
+
+def test_neighbour_list_reused_only_for_rigid_rotations():
+    from scipy.spatial.transform import Rotation
+
+    from data_pipelines.batching import make_graph
+    from train.calculator import _rotated_graph, _structure
+    from train.corrections import transform_atoms
+
+    atoms = rattled_cu()
+    graph = make_graph(_structure(atoms), 4.0)
+    rot = Rotation.random(random_state=1).as_matrix()
+    turned = _rotated_graph(graph, _structure(transform_atoms(atoms, rot)))
+    assert turned is not None and turned.edge_i is graph.edge_i
+    fresh = make_graph(_structure(transform_atoms(atoms, rot)), 4.0)
+    assert sorted(zip(fresh.edge_i, fresh.edge_j, map(tuple, fresh.shifts))) == sorted(
+        zip(graph.edge_i, graph.edge_j, map(tuple, graph.shifts))
+    )
+    strained = atoms.copy()
+    strained.set_cell(atoms.cell.array * 1.01, scale_atoms=True)
+    assert _rotated_graph(graph, _structure(strained)) is None
+    moved = atoms.copy()
+    moved.positions[0] += 0.01
+    assert _rotated_graph(graph, _structure(moved)) is None
+    other = atoms.copy()
+    other.numbers[0] = 79
+    assert _rotated_graph(graph, _structure(other)) is None
