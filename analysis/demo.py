@@ -3,7 +3,9 @@
     python -m analysis.demo [--out runs/demo] [--experiment demo]
 
 1. builds EMT data with the built-in generator (runs/demo/data),
-2. trains the study's grid through the sweep command with cluster=local,
+2. trains the study's grid through the sweep command with cluster=local; each
+   trained model then relaxes the built-in metal cells against EMT (the
+   study's evaluation stage), so relaxation errors get scaling fits too,
 3. fits the scaling laws and writes runs/demo/report/report.md with figures,
 4. evaluates the largest model of each family (relaxation, Cu phonons with a
    band-structure plot, symmetry diagnostics; with and without rotational
