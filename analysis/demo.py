@@ -113,18 +113,26 @@ def headline(report_dir: Path, speed_metrics: dict) -> list[str]:
         if not isinstance(per_metric, dict):
             continue
         metric = per_metric.get("val/forces_mae") or next(iter(per_metric.values()), {})
-        for law in ("N", "D"):
-            fit = metric.get(law) if isinstance(metric, dict) else None
+        if not isinstance(metric, dict):
+            continue
+        # the joint law L(N, D) uses every run of the family; the one-axis laws only
+        # a slice of three, too few for intervals
+        for law in ("ND", "N", "D"):
+            fit = metric.get(law)
             if not fit or "params" not in fit:
                 continue
-            key = "alpha" if law == "N" else "beta"
-            p = fit["params"].get(key)
-            if p:
-                ci = (f"[{p['ci'][0]:.3g}, {p['ci'][1]:.3g}]" if p.get("ci")
-                      else "(no interval: too few runs)")
-                verdict = fit.get("quality", {}).get("verdict", "?")
-                lines.append(f"{family}: force-error exponent {key} = {p['value']:.3g} {ci} "
-                             f"(L({law}), fit {verdict})")
+            parts = []
+            for key in ("alpha", "beta") if law == "ND" else ("alpha" if law == "N" else "beta",):
+                p = fit["params"].get(key)
+                if p:
+                    ci = (f" [{p['ci'][0]:.3g}, {p['ci'][1]:.3g}]" if p.get("ci")
+                          else " (no interval: too few runs)")
+                    parts.append(f"{key} = {p['value']:.3g}{ci}")
+            verdict = fit.get("quality", {}).get("verdict", "?")
+            name = {"ND": "L(N, D)", "N": "L(N)", "D": "L(D)"}[law]
+            lines.append(f"{family}: force-error exponents {', '.join(parts)} ({name}, "
+                         f"fit {verdict})")
+            break
     def per_atom(config: str) -> list[float]:
         return [v for k, v in speed_metrics.items()
                 if k.split("/")[1:2] == [config] and k.endswith("/us_per_atom")]

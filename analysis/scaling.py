@@ -293,14 +293,25 @@ def analyse(runs: list[Run], settings: Settings, metrics: list[str] | None = Non
     else:
         # By default, only metrics some family has at least two runs of: downstream
         # evaluations often cover just the largest model, which no law can be fitted to.
-        metrics, rare = [], []
+        metrics, rare, constant = [], [], []
         for m in available_metrics(finished):
             counts = Counter(r.family for r in finished if m in r.metrics)
-            (metrics if max(counts.values()) >= 2 else rare).append(m)
+            values = {r.metrics[m] for r in finished if m in r.metrics}
+            if max(counts.values()) < 2:
+                rare.append(m)
+            elif len(values) == 1:  # e.g. a count of evaluated structures: no trend to fit
+                constant.append(m)
+            else:
+                metrics.append(m)
         if rare:
             notes.append(
                 f"{len(rare)} metric(s) recorded by fewer than two runs of any family "
                 f"are not fitted: {', '.join(rare[:8])}{', ...' if len(rare) > 8 else ''}"
+            )
+        if constant:
+            notes.append(
+                f"{len(constant)} metric(s) with the same value in every run are not fitted: "
+                f"{', '.join(constant[:8])}{', ...' if len(constant) > 8 else ''}"
             )
     measure, note = choose_measure(finished, settings.data_measure)
     settings = replace(settings, data_measure=measure)

@@ -394,3 +394,19 @@ def test_metrics_of_a_single_run_are_not_fitted_by_default(tmp_path):
     # asked for by name, it is attempted and the reason is given
     an = analyse(load_study(tmp_path), Settings(**FAST, laws=("N",)), ["freq_mae"])
     assert an.skipped[0]["metric"] == "phonon/freq_mae" and "only 1 runs" in an.skipped[0]["reason"]
+
+
+def test_constant_metrics_are_not_fitted_by_default(tmp_path):
+    for i, n in enumerate([1e5, 1e6, 1e7]):
+        write_run(
+            tmp_path,
+            f"r{i}",
+            family="pet-direct",
+            n=n,
+            d=1e7,
+            metrics={"val/forces_mae": law(n, 1, E=0.02, A=3.0, alpha=0.3)},
+            eval_metrics={"relax": {"relax/num_structures": 6, "relax/rmsd_mean": 0.1 / (i + 1)}},
+        )
+    an = analyse(load_study(tmp_path), Settings(**FAST, laws=("N",)))
+    assert sorted(an.metrics) == ["relax/rmsd_mean", "val/forces_mae"]
+    assert any("same value in every run" in n and "relax/num_structures" in n for n in an.notes)
