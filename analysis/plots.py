@@ -26,6 +26,9 @@ UNITS = {
     "force": "eV/Å",
     "stress": "eV/Å³",
     "virial": "eV",
+    "rmsd": "Å",
+    "freq": "THz",
+    "rot_error_forces": "eV/Å",
 }
 AXIS_LABEL = {"N": "parameters N", "C": "training compute C (FLOPs)"}
 DATA_LABEL = {
@@ -41,7 +44,8 @@ def metric_unit(metric: str) -> str:
     base = metric.split("/")[-1]
     for key, unit in UNITS.items():
         if base.startswith(key + "_") or base == key:
-            return unit
+            # "energy_mae_per_atom" (relax) as well as "energy_per_atom_mae" (val)
+            return "eV/atom" if unit == "eV" and "per_atom" in base else unit
     return ""
 
 
