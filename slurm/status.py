@@ -1,4 +1,5 @@
-"""python -m slurm.status STUDY_DIR: every run's state, step and latest validation.
+"""python -m slurm.status STUDY_DIR: every run's state, step and latest validation,
+and how many of the study's evaluation stages it has done (failed ones named).
 
 States: finished, failed (with the last error line), running / pending (from
 SLURM when the run was submitted there), stopped (has progress but no job:
@@ -65,6 +66,13 @@ def study_status(study_dir: str | Path) -> list[dict]:
             summary = json.loads((run_dir / "summary.json").read_text())
             step = summary["steps"]
             val = summary
+        stages = [s["name"] for s in study.get("evaluate", [])]
+        done = [s for s in stages if (run_dir / "eval" / f"{s}.json").is_file()]
+        failed = [
+            s for s in stages if s not in done and (run_dir / "eval" / f"{s}.error.txt").is_file()
+        ]
+        if failed:
+            detail = (detail + "; " if detail else "") + f"eval failed: {', '.join(failed)}"
         rows.append(
             {
                 "name": name,
@@ -72,6 +80,8 @@ def study_status(study_dir: str | Path) -> list[dict]:
                 "step": step,
                 "val/forces_mae": val.get("val/forces_mae"),
                 "val/energy_per_atom_mae": val.get("val/energy_per_atom_mae"),
+                "eval": f"{len(done)}/{len(stages)}" if stages else "-",
+                "eval_failed": failed,
                 "detail": detail,
             }
         )
@@ -85,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     rows = study_status(args[0])
     width = max([len(r["name"]) for r in rows] + [4])
-    print(f"{'run':<{width}}  {'state':<9} {'step':>6}  {'val F MAE':>10}  {'val E MAE':>10}")
+    print(
+        f"{'run':<{width}}  {'state':<9} {'step':>6}  {'val F MAE':>10}  {'val E MAE':>10}"
+        f"  {'eval':>5}"
+    )
     for r in rows:
         f = f"{r['val/forces_mae']:.4g}" if r["val/forces_mae"] is not None else "-"
         e = (
@@ -94,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             else "-"
         )
         step = r["step"] if r["step"] is not None else "-"
-        print(f"{r['name']:<{width}}  {r['state']:<9} {step:>6}  {f:>10}  {e:>10}  {r['detail']}")
+        print(
+            f"{r['name']:<{width}}  {r['state']:<9} {step:>6}  {f:>10}  {e:>10}  {r['eval']:>5}"
+            f"  {r['detail']}"
+        )
     counts = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1

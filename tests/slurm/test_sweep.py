@@ -333,6 +333,15 @@ def test_local_sweep_runs_evaluation_stages_after_training(tmp_path):
     assert loaded.metrics["relax/num_structures"] == 1
     assert loaded.metrics["sym/rot_error_forces"] == sym["sym/rot_error_forces"]
 
+    status = subprocess.run(
+        [sys.executable, "-m", "slurm.status", str(study)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "2/3" in status and "eval failed: broken" in status, status
+
     stamp = (run / "eval" / "relax.json").stat().st_mtime_ns
     again = sweep(*args)
     assert "evaluation stages to run: broken" in again.stdout, again.stdout
