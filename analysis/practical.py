@@ -63,7 +63,7 @@ def parse_variant(spec: str, model: str) -> ModelOptions:
     )
 
 
-def test_structures(root: str, count: int) -> list[tuple[str, object]]:
+def load_test_structures(root: str, count: int) -> list[tuple[str, object]]:
     """The first ``count`` labelled structures of the test split as ASE atoms."""
     from data_pipelines.inspect import iter_split, to_atoms
 
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
         variants = {v: parse_variant(v, args.model) for v in args.variants}
     except ValueError as err:
         p.error(str(err))
-    tests = test_structures(args.test_data, args.num_test)
+    tests = load_test_structures(args.test_data, args.num_test)
     args.out.mkdir(parents=True, exist_ok=True)
     results = {
         name: evaluate_variant(name, options, args.out, tests, args.quick)
