@@ -15,8 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = {"data": "analysis.bench_data", "models": "analysis.bench_models",
-              "train": "analysis.bench_train"}
+BENCHMARKS = {
+    "data": "analysis.bench_data",
+    "models": "analysis.bench_models",
+    "train": "analysis.bench_train",
+    "corrections": "analysis.bench_corrections",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

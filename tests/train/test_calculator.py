@@ -222,3 +222,15 @@ def test_neighbour_list_reused_only_for_rigid_rotations():
     other = atoms.copy()
     other.numbers[0] = 79
     assert _rotated_graph(graph, _structure(other)) is None
+
+
+def test_corrections_benchmark_reports_cost_per_rotation(tmp_path):
+    from analysis import bench_corrections
+
+    out = tmp_path / "corrections.json"
+    bench_corrections.main(["--out", str(out), "--sizes", "8", "--l-max", "1", "--repeats", "1"])
+    result = json.loads(out.read_text())
+    rot = result["timings"]["direct/n8"]["rot1"]
+    assert rot["num_rotations"] == 18 and rot["cost_per_rotation"] > 0
+    assert result["summary"]["target_per_rotation"] == 1.2
+    assert isinstance(result["summary"]["target_met"], bool)
