@@ -215,31 +215,15 @@ def table(results: dict[str, dict]) -> str:
 
 
 def speed_for_variants(model: str, variants: dict[str, ModelOptions], size: int, out: Path):
-    """us/atom of every variant at one size, and the averaged cost per rotation."""
-    from analysis.speed import fcc_supercell, time_calculator
-    from train.corrections import rotation_grid
+    """``analysis.speed`` over the variants at one size (kept in ``out/speed``)."""
+    from analysis.speed import run_speed
 
     path = out / "speed" / "metrics.json"
     if path.is_file():
         return json.loads(path.read_text())
-    atoms = fcc_supercell(size, "Cu")
-    metrics: dict[str, float] = {}
-    plain: dict[str, float] = {}
-    for name, options in sorted(variants.items(), key=lambda kv: kv[1].rotational_average or 0):
-        timing = time_calculator(options.build(), atoms, repeats=3)
-        metrics[f"{name}/us_per_atom"] = timing["us_per_atom"]
-        metrics[f"{name}/peak_memory_mb"] = timing["peak_memory_mb"]
-        if options.rotational_average is None:
-            plain[options.forces] = timing["seconds"]
-        elif options.forces in plain:
-            rotations = len(rotation_grid(options.rotational_average, options.inversion))
-            ratio = timing["seconds"] / plain[options.forces]
-            metrics[f"{name}/num_rotations"] = rotations
-            metrics[f"{name}/cost_vs_plain"] = ratio
-            metrics[f"{name}/cost_vs_plain_per_rotation"] = ratio / rotations
-    metrics["num_atoms"] = size
-    write_json(path, metrics)
-    return metrics
+    return run_speed(ModelOptions(spec=model), [size], [], out=out / "speed", configs=variants)[
+        "metrics"
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -274,10 +258,10 @@ def main(argv: list[str] | None = None) -> dict:
     }
     speed = speed_for_variants(args.model, variants, args.speed_atoms, args.out)
     for name in results:
-        results[name]["speed/us_per_atom"] = speed[f"{name}/us_per_atom"]
-        for key in ("num_rotations", "cost_vs_plain", "cost_vs_plain_per_rotation"):
-            if f"{name}/{key}" in speed:
-                results[name][f"speed/{key}"] = speed[f"{name}/{key}"]
+        for key in ("us_per_atom", "peak_memory_mb", "num_rotations", "cost_vs_plain_per_rotation"):
+            found = speed.get(f"speed/{name}/n{args.speed_atoms}/{key}")
+            if found is not None:
+                results[name][f"speed/{key}"] = found
     drops = {}
     for name, options in variants.items():
         plain = options.forces

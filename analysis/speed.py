@@ -124,14 +124,15 @@ def model_label(spec: str) -> str:
 
 
 def _num_params(configs: dict[str, ModelOptions]) -> dict[str, int]:
-    out = {}
-    for name, options in configs.items():
-        if options.spec != "emt" and options.rotational_average is None:
-            from train.export import load_model
+    """Parameters of every configuration's model file (loaded once per file)."""
+    from train.export import load_model
 
+    counts: dict[str, int] = {}
+    for options in configs.values():
+        if options.spec != "emt" and options.spec not in counts:
             model, _ = load_model(options.spec, forces=options.forces)
-            out[name] = model.num_parameters()
-    return out
+            counts[options.spec] = model.num_parameters()
+    return {name: counts[o.spec] for name, o in configs.items() if o.spec in counts}
 
 
 def run_speed(
@@ -142,17 +143,25 @@ def run_speed(
     element: str = "Cu",
     out: Path | None = None,
     compare: list[str] | None = None,
+    configs: dict[str, ModelOptions] | None = None,
 ) -> dict:
     """Time every configuration at every size.
+
+    ``cost_vs_plain`` is relative to the first configuration (the plain model,
+    direct forces for a model file); ``cost_vs_plain_per_rotation`` of an averaged
+    configuration is relative to the uncorrected configuration with the same
+    model and force mode when one was timed before it, else to the first.
 
     Args:
         compare: other model files (e.g. a mace of matched size) timed plain
             next to the configurations, named ``<family>-<size>``.
+        configs: named configurations to time instead of :func:`speed_configs`
+            (``model`` and ``rot_l_max`` are then only recorded).
 
     Returns:
         ``{"settings", "timings": {config: {size: timing}}, "metrics"}``.
     """
-    configs = speed_configs(model, rot_l_max)
+    configs = dict(configs) if configs is not None else speed_configs(model, rot_l_max)
     for spec in compare or []:
         name = model_label(spec)
         while name in configs:
@@ -162,25 +171,34 @@ def run_speed(
     metrics: dict[str, float] = {}
     for size in sizes:
         atoms = fcc_supercell(size, element)
-        plain_seconds = math.nan
+        first_seconds = math.nan
+        uncorrected: dict[tuple, float] = {}  # (model, force mode) -> seconds
         for name, options in configs.items():
             calc = options.build()
             check_species(calc, atoms, f"fcc {element} x{size}", options.spec)
             timing = time_calculator(calc, atoms, repeats)
-            if name in ("plain", "direct"):
-                plain_seconds = timing["seconds"]
-            timing["cost_vs_plain"] = timing["seconds"] / plain_seconds
+            if math.isnan(first_seconds):
+                first_seconds = timing["seconds"]
+            key = (options.spec, options.forces)
+            if options == options.plain():
+                uncorrected.setdefault(key, timing["seconds"])
+            timing["cost_vs_plain"] = timing["seconds"] / first_seconds
             if options.rotational_average is not None:
-                num_rot = len(rotation_grid(options.rotational_average))
+                num_rot = len(rotation_grid(options.rotational_average, options.inversion))
+                own = uncorrected.get(key, first_seconds)
                 timing["num_rotations"] = num_rot
-                timing["cost_vs_plain_per_rotation"] = timing["cost_vs_plain"] / num_rot
+                timing["cost_vs_plain_per_rotation"] = timing["seconds"] / own / num_rot
             timings.setdefault(name, {})[size] = timing
-            for key in ("us_per_atom", "atoms_per_s", "cost_vs_plain", "peak_memory_mb"):
-                metrics[f"speed/{name}/n{size}/{key}"] = timing[key]
-            if "cost_vs_plain_per_rotation" in timing:
-                metrics[f"speed/{name}/n{size}/cost_vs_plain_per_rotation"] = timing[
-                    "cost_vs_plain_per_rotation"
-                ]
+            for key in (
+                "us_per_atom",
+                "atoms_per_s",
+                "cost_vs_plain",
+                "peak_memory_mb",
+                "num_rotations",
+                "cost_vs_plain_per_rotation",
+            ):
+                if key in timing:
+                    metrics[f"speed/{name}/n{size}/{key}"] = timing[key]
     result = {
         "settings": {
             "model": model.as_dict(),

@@ -86,8 +86,22 @@ def parse_stages(raw: list[Any] | None) -> list[Stage]:
     return stages
 
 
+def result_file(run_dir: Path, stage: Stage) -> Path:
+    """RUN/eval/<name>.json: the stage's metrics, and the marker that it is done."""
+    return Path(run_dir) / "eval" / f"{stage.name}.json"
+
+
+def error_file(run_dir: Path, stage: Stage) -> Path:
+    """RUN/eval/<name>.error.txt: why the last attempt failed."""
+    return Path(run_dir) / "eval" / f"{stage.name}.error.txt"
+
+
 def stage_done(run_dir: Path, stage: Stage) -> bool:
-    return (Path(run_dir) / "eval" / f"{stage.name}.json").is_file()
+    return result_file(run_dir, stage).is_file()
+
+
+def stage_failed(run_dir: Path, stage: Stage) -> bool:
+    return not stage_done(run_dir, stage) and error_file(run_dir, stage).is_file()
 
 
 def missing_stages(run_dir: Path, stages: list[Stage]) -> list[Stage]:
@@ -106,24 +120,23 @@ def stage_metrics(stage: Stage, metrics: dict[str, Any]) -> dict[str, Any]:
 def run_stage(run_dir: Path, stage: Stage) -> dict[str, Any]:
     """Runs one stage on RUN/model.pt; returns ``{"status", "seconds", ...}``."""
     run_dir = Path(run_dir)
-    eval_dir = run_dir / "eval"
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    error_file = eval_dir / f"{stage.name}.error.txt"
-    error_file.unlink(missing_ok=True)
+    errors = error_file(run_dir, stage)
+    errors.parent.mkdir(parents=True, exist_ok=True)
+    errors.unlink(missing_ok=True)
     t0 = time.time()
-    out_dir = eval_dir / stage.name
+    out_dir = run_dir / "eval" / stage.name
     try:
         module = importlib.import_module(WORKFLOWS[stage.workflow])
         argv = ["--model", str(run_dir / "model.pt"), *stage.args, "--out", str(out_dir)]
         module.main(argv)
         metrics = json.loads((out_dir / "metrics.json").read_text())
     except SystemExit as err:  # argparse rejected the stage's arguments
-        error_file.write_text(f"stage {stage.name}: bad arguments {stage.args} (exit {err})\n")
+        errors.write_text(f"stage {stage.name}: bad arguments {stage.args} (exit {err})\n")
         return {"status": "failed", "error": f"bad arguments for {stage.workflow}"}
     except Exception as err:  # noqa: BLE001 - one stage must not stop the others
-        error_file.write_text(traceback.format_exc() + f"\n{type(err).__name__}: {err}\n")
+        errors.write_text(traceback.format_exc() + f"\n{type(err).__name__}: {err}\n")
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-    target = eval_dir / f"{stage.name}.json"
+    target = result_file(run_dir, stage)
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(stage_metrics(stage, metrics), indent=1) + "\n")
     tmp.replace(target)  # the marker that the stage is done appears last

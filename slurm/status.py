@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from slurm.stages import parse_stages, stage_done, stage_failed
 from slurm.study import run_state
 
 
@@ -44,6 +45,7 @@ def study_status(study_dir: str | Path) -> list[dict]:
         else {}
     )
     names = list(study["runs"]) or sorted(p.name for p in (study_dir / "runs").glob("*"))
+    stages = parse_stages(study.get("evaluate"))
     rows = []
     for name in names:
         run_dir = study_dir / "runs" / name
@@ -66,11 +68,8 @@ def study_status(study_dir: str | Path) -> list[dict]:
             summary = json.loads((run_dir / "summary.json").read_text())
             step = summary["steps"]
             val = summary
-        stages = [s["name"] for s in study.get("evaluate", [])]
-        done = [s for s in stages if (run_dir / "eval" / f"{s}.json").is_file()]
-        failed = [
-            s for s in stages if s not in done and (run_dir / "eval" / f"{s}.error.txt").is_file()
-        ]
+        done = [s.name for s in stages if stage_done(run_dir, s)]
+        failed = [s.name for s in stages if stage_failed(run_dir, s)]
         if failed:
             detail = (detail + "; " if detail else "") + f"eval failed: {', '.join(failed)}"
         rows.append(
@@ -81,7 +80,6 @@ def study_status(study_dir: str | Path) -> list[dict]:
                 "val/forces_mae": val.get("val/forces_mae"),
                 "val/energy_per_atom_mae": val.get("val/energy_per_atom_mae"),
                 "eval": f"{len(done)}/{len(stages)}" if stages else "-",
-                "eval_failed": failed,
                 "detail": detail,
             }
         )

@@ -39,6 +39,17 @@ def sweep(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     return proc
 
 
+def status_text(study: Path) -> str:
+    """What `python -m slurm.status STUDY` prints."""
+    return subprocess.run(
+        [sys.executable, "-m", "slurm.status", str(study)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def test_local_sweep_isolates_failures_and_is_idempotent(tmp_path):
     study = tmp_path / "study"
     args = [
@@ -90,13 +101,7 @@ def test_local_sweep_isolates_failures_and_is_idempotent(tmp_path):
     assert again.stdout.count("finished, skipped") == 2
     assert "2 to run" in again.stdout  # only the failed ones are tried again
 
-    status = subprocess.run(
-        [sys.executable, "-m", "slurm.status", str(study)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    status = status_text(study)
     assert "2 failed, 2 finished" in status
     assert "Could not find 'size/nosuch'" in status or "size/nosuch" in status
 
@@ -190,13 +195,7 @@ def test_slurm_sweep_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
     assert max(ckpt_steps) == 40
     logs = "".join(p.read_text() for p in (study / "submitit").rglob("*_log.out"))
     assert "resumed" in logs and "from step" in logs
-    status = subprocess.run(
-        [sys.executable, "-m", "slurm.status", str(study)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    status = status_text(study)
     assert "1 finished" in status
 
 
@@ -333,13 +332,7 @@ def test_local_sweep_runs_evaluation_stages_after_training(tmp_path):
     assert loaded.metrics["relax/num_structures"] == 1
     assert loaded.metrics["sym/rot_error_forces"] == sym["sym/rot_error_forces"]
 
-    status = subprocess.run(
-        [sys.executable, "-m", "slurm.status", str(study)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    status = status_text(study)
     assert "2/3" in status and "eval failed: broken" in status, status
 
     stamp = (run / "eval" / "relax.json").stat().st_mtime_ns

@@ -121,7 +121,7 @@ def test_practical_command_on_a_trained_model(both_model, emt_shards, tmp_path):
         str(out),
         "--quick",
         "--num-test",
-        "4",
+        "1000",  # the whole test split
         "--variants",
         "direct",
         "direct-rot2",
@@ -131,9 +131,19 @@ def test_practical_command_on_a_trained_model(both_model, emt_shards, tmp_path):
     summary = practical.main(args)
     rows = summary["variants"]
     assert set(rows) == {"direct", "direct-rot2"}
+    # the label errors agree with train.evaluate on the same split and force head
+    from data_pipelines.loader import load_manifest
+    from train.evaluate import evaluate
+
+    reference = evaluate(both_model, emt_shards, split="test", forces="direct")
+    num_test = load_manifest(emt_shards)["splits"]["test"]["num_structures"]
+    direct = rows["direct"]
+    assert direct["labels/force_mae"] == pytest.approx(reference["val/forces_mae"], rel=1e-4)
+    assert direct["labels/energy_mae_per_atom"] == pytest.approx(
+        reference["val/energy_per_atom_mae"], rel=1e-4
+    )
     for name, m in rows.items():
-        assert m["labels/num_structures"] == 4
-        assert m["labels/force_mae"] > 0
+        assert m["labels/num_structures"] == num_test
         assert m["relax-fixsym/spacegroup_kept_fraction"] == 1.0, name
         assert m["phonon/num_structures"] == 1
         assert m["speed/us_per_atom"] > 0
