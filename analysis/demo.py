@@ -176,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         {"models": {f: str(r) for f, r in best.items()}, "metrics": evaluations,
          "speed": speed_metrics}, indent=1))
 
-    banner("3. scaling-law fits and report (python -m analysis.scaling)")
-    from analysis import scaling
+    banner("3. scaling-law fits and report (python -m analysis scaling)")
+    from analysis.scaling.command import main as scaling_main
 
     report_dir = study_dir / "report"
-    scaling.main([str(study_dir), "--out", str(report_dir), "--bootstrap",
+    scaling_main([str(study_dir), "--out", str(report_dir), "--bootstrap",
                   str(args.bootstrap)])
 
     banner(f"done in {time.time() - t0:.0f} s")

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from scipy.optimize import check_grad
 
-from analysis.diagnostics import loo_cv, loo_largest
-from analysis.fits import (
+from analysis.scaling.diagnostics import loo_cv, loo_largest
+from analysis.scaling.fits import fit_law
+from analysis.scaling.laws import (
     FitError,
     Law,
-    _objective,
     _openblas_thread_setters,
-    fit_law,
+    objective,
     single_threaded_blas,
 )
 from tests.analysis.scaling_synth import law
@@ -53,10 +53,10 @@ def test_gradient_is_exact(law_name):
     for delta in (1e-3, 0.3):
 
         def f(t, delta=delta):
-            return _objective(t, lw, u, y, w, delta, 1.0)[0]
+            return objective(t, lw, u, y, w, delta, 1.0)[0]
 
         def g(t, delta=delta):
-            return _objective(t, lw, u, y, w, delta, 1.0)[1]
+            return objective(t, lw, u, y, w, delta, 1.0)[1]
 
         assert check_grad(f, g, theta) < 1e-5 * max(1.0, np.abs(g(theta)).max())
 

@@ -12,10 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import report
-from analysis.frontier import compare_curves
-from analysis.load import LoadError, load_csv, load_inputs, load_study, resolve_metric, write_csv
-from analysis.scaling import Settings, analyse, main
+from analysis.scaling import report
+from analysis.scaling.analyse import analyse
+from analysis.scaling.command import main
+from analysis.scaling.frontier import compare_curves
+from analysis.scaling.load import (
+    LoadError,
+    load_csv,
+    load_inputs,
+    load_study,
+    resolve_metric,
+    write_csv,
+)
+from analysis.scaling.types import Settings
 from tests.analysis.scaling_synth import flops_per_atom, law, make_study, write_run
 
 PET = {"E": 0.02, "A": 30.0, "alpha": 0.35, "B": 200.0, "beta": 0.30}

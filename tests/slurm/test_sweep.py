@@ -326,7 +326,7 @@ def test_local_sweep_runs_evaluation_stages_after_training(tmp_path):
     assert "builtin:nosuch" in (run / "eval" / "broken.error.txt").read_text()
     assert not (run / "eval" / "broken.json").exists()
 
-    from analysis.load import load_run_dir
+    from analysis.scaling.load import load_run_dir
 
     loaded = load_run_dir(run)
     assert loaded.metrics["relax/num_structures"] == 1

@@ -16,8 +16,8 @@ matplotlib.use("Agg")  # files only: no display on clusters or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from analysis.fits import num_distinct  # noqa: E402
-from analysis.scaling import Analysis, FitEntry  # noqa: E402
+from analysis.scaling.laws import num_distinct  # noqa: E402
+from analysis.scaling.types import Analysis, FitEntry  # noqa: E402
 
 UNITS = {
     "energy_per_atom": "eV/atom",

@@ -1,93 +1,30 @@
-"""Scaling-law analysis of a study: fits per family and metric, frontier, comparisons.
+"""Fitting a whole study: every law for every family and metric, frontiers, comparisons.
 
-    python -m analysis.scaling STUDY_DIR_OR_CSV... --out REPORT_DIR \\
-        [--metric NAME]... [--law N|D|ND]... [--form offset|pure] [--data atoms_seen]
-
-writes REPORT_DIR/fits.json, runs.csv, figures/*.png|pdf and report.md (see
-analysis.report). L(N) is fitted at fixed data (the data budget with the most
-distinct sizes), L(D) at fixed size, L(N, D) on all runs of a family.
+L(N) is fitted at fixed data (the data budget with the most distinct sizes),
+L(D) at fixed size, L(N, D) on all runs of a family. The command that reads
+the inputs and writes the report around this is :mod:`analysis.scaling.command`.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import multiprocessing
-import os
-import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 
-from analysis.diagnostics import loo_cv, loo_largest
-from analysis.fits import FitError, FitResult, Law, clusters, fit_law, num_distinct
-from analysis.frontier import compare_pair, frontier, pareto
-from analysis.load import DATA_MEASURES, LoadError, Run, available_metrics, load_inputs
-from analysis.load import resolve_metric as _resolve_metric
+from analysis.scaling.diagnostics import loo_cv, loo_largest
+from analysis.scaling.fits import fit_law
+from analysis.scaling.frontier import compare_pair, frontier, pareto
+from analysis.scaling.laws import FitError, Law, clusters, num_distinct
+from analysis.scaling.load import LoadError, available_metrics, resolve_metric
+from analysis.scaling.types import DATA_MEASURES, Analysis, FitEntry, Run, Settings
 
 _D_TOL = 0.05  # runs within 5% of data seen share a data budget (dynamic batching jitters it)
 _N_TOL = 0.01
-
-
-@dataclass
-class Settings:
-    """How to fit. Attributes mirror the CLI flags."""
-
-    laws: tuple[str, ...] = ("N", "D", "ND")
-    form: str = "offset"
-    # auto: atoms_seen, or the training-set size if that is all that varies
-    data_measure: str = "auto"
-    num_bootstrap: int = 1000
-    ci_level: float = 0.95
-    huber_delta: float = 1e-3
-    seed: int = 0
-    loo_bootstrap: int = 100
-    workers: int = 1
-
-
-@dataclass
-class FitEntry:
-    """One fitted law for one family and metric, with what it was fitted to."""
-
-    family: str
-    metric: str
-    law_name: str
-    result: FitResult
-    runs: list[Run]
-    data_measure: str
-    fixed: dict | None = None
-    notes: list[str] = field(default_factory=list)
-    loo: dict = field(default_factory=dict)
-    loo_cv_rmse_log: float | None = None
-
-
-@dataclass
-class Analysis:
-    """Everything the report needs."""
-
-    runs: list[Run]
-    metrics: list[str]
-    settings: Settings
-    fits: dict[str, dict[str, dict[str, FitEntry]]] = field(default_factory=dict)
-    skipped: list[dict] = field(default_factory=list)
-    excluded: list[dict] = field(default_factory=list)
-    frontiers: dict[str, dict[str, dict]] = field(default_factory=dict)
-    pareto: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
-    comparisons: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def families(self) -> list[str]:
-        return sorted({r.family for r in self.runs if r.finished})
-
-    def entries(self):
-        for fam in self.fits.values():
-            for laws in fam.values():
-                yield from laws.values()
 
 
 # --- choosing the runs for a law ------------------------------------------------
@@ -289,7 +226,7 @@ def analyse(runs: list[Run], settings: Settings, metrics: list[str] | None = Non
         raise LoadError(f"none of the {len(runs)} runs finished; nothing to fit")
     notes = []
     if metrics:
-        metrics = [_resolve_metric(m, finished) for m in metrics]
+        metrics = [resolve_metric(m, finished) for m in metrics]
     else:
         # By default, only metrics some family has at least two runs of: downstream
         # evaluations often cover just the largest model, which no law can be fitted to.
@@ -349,114 +286,3 @@ def analyse(runs: list[Run], settings: Settings, metrics: list[str] | None = Non
                 cmp.update(metric=metric, law=law, families=[fa, fb])
                 out.comparisons.append(cmp)
     return out
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m analysis.scaling",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "inputs", nargs="+", help="study directories, CSV tables, wandb:ENTITY/PROJECT[/GROUP]"
-    )
-    p.add_argument("--out", required=True, type=Path, help="report directory")
-    p.add_argument(
-        "--metric",
-        action="append",
-        help="metric to fit (repeatable; default: the validation MAEs and eval/ metrics "
-        "that some family has at least two runs of)",
-    )
-    p.add_argument(
-        "--law",
-        action="append",
-        help="N, D or ND (repeatable or comma-separated; "
-        "default: all three, each where the runs allow it)",
-    )
-    p.add_argument(
-        "--form",
-        choices=("offset", "pure"),
-        default="offset",
-        help="offset: L = E + ...; pure: no E (default offset)",
-    )
-    p.add_argument(
-        "--data",
-        choices=("auto", *DATA_MEASURES),
-        default="auto",
-        help="what D counts (default auto: atoms_seen, or the training-set size when only "
-        "that varies, as with a fixed step budget)",
-    )
-    p.add_argument("--bootstrap", type=int, default=1000, help="resamples (default 1000)")
-    p.add_argument("--ci", type=float, default=0.95, help="interval level (default 0.95)")
-    p.add_argument("--huber-delta", type=float, default=1e-3, help="on log-residuals")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=min(2, os.cpu_count() or 1),
-        help="processes for the fits (default: up to 2)",
-    )
-    p.add_argument("--no-figures", action="store_true", help="skip the figures")
-    p.add_argument(
-        "--wandb",
-        choices=("auto", "off", "offline", "online"),
-        default="auto",
-        help="upload fitted laws and figures (auto: as the runs' logger was set)",
-    )
-    p.add_argument("--wandb-project")
-    p.add_argument("--wandb-entity")
-    p.add_argument("--wandb-group")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit status."""
-    args = _parser().parse_args(argv)
-    laws = tuple(
-        dict.fromkeys(
-            part.strip().upper()
-            for item in (args.law or ["N,D,ND"])
-            for part in item.split(",")
-            if part.strip()
-        )
-    )
-    bad = [law for law in laws if law not in ("N", "D", "ND")]
-    if bad or not 0 < args.ci < 1 or args.bootstrap < 0 or args.huber_delta <= 0:
-        print(
-            f"error: bad option: laws {bad or 'ok'}, --ci in (0, 1), --bootstrap >= 0, "
-            "--huber-delta > 0",
-            file=sys.stderr,
-        )
-        return 2
-    settings = Settings(
-        laws,
-        args.form,
-        args.data,
-        args.bootstrap,
-        args.ci,
-        args.huber_delta,
-        args.seed,
-        workers=args.workers,
-    )
-    from analysis import report  # matplotlib only when writing
-
-    try:
-        runs = load_inputs(args.inputs)
-        result = analyse(runs, settings, args.metric)
-    except LoadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    paths = report.write_all(result, args.out, inputs=args.inputs, figures=not args.no_figures)
-    for line in report.summary_lines(result):
-        print(line)
-    print(f"report: {paths['report']}")
-    wb = report.wandb_target(
-        result, args.wandb, args.wandb_project, args.wandb_entity, args.wandb_group, os.environ
-    )
-    if wb is not None:
-        report.upload_wandb(result, args.out, **wb)
-    return 0 if any(True for _ in result.entries()) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,21 +15,15 @@ import csv
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from analysis.scaling.types import Run
+
 RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl", "error.txt")
 STANDARD_METRICS = ("val/energy_per_atom_mae", "val/forces_mae", "val/stress_mae")
-# Data measures the fits can use as D, by CLI name -> Run attribute.
-DATA_MEASURES = {
-    "atoms_seen": "atoms_seen",
-    "structures_seen": "structures_seen",
-    "train_atoms": "num_train_atoms",
-    "train_structures": "num_train_structures",
-}
 _NUMERIC_FIELDS = (
     "num_params",
     "flops_per_atom",
@@ -57,63 +51,6 @@ _CSV_TEXT = (
 
 class LoadError(ValueError):
     """An input that cannot be read, naming the file, the record and the field."""
-
-
-@dataclass
-class Run:
-    """One training run: what it was, what it cost, and what it reached.
-
-    Attributes:
-        name: Unique name in the table (the run directory relative to its study).
-        source: Where it came from (a path, `file.csv:LINE`, a W&B run path).
-        family: Model family, e.g. "pet-direct", "mace".
-        finished: Whether it finished (only finished runs enter fits).
-        reason: Why it is not finished (None when finished).
-        warnings: Problems met while reading a run that still counts.
-        axes: The sweep's axis values.
-        metrics: Final metrics (summary `val/...` keys and `eval/*.json` files).
-        history: Validation rows of metrics.jsonl (dicts with `step` and `val/...`).
-        flops: Total training FLOPs (`total_flops`, else flops/atom x atoms seen).
-    """
-
-    name: str
-    source: str
-    family: str = "unknown"
-    finished: bool = False
-    reason: str | None = None
-    model: str | None = None
-    forces: str | None = None
-    size: str | None = None
-    seed: int | None = None
-    num_params: float | None = None
-    flops_per_atom: float | None = None
-    flops_per_atom_forward: float | None = None
-    total_flops: float | None = None
-    structures_seen: float | None = None
-    atoms_seen: float | None = None
-    wall_time_s: float | None = None
-    steps: float | None = None
-    num_train_structures: float | None = None
-    num_train_atoms: float | None = None
-    data_fraction: float | None = None
-    axes: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-    last_step: int | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def flops(self) -> float | None:
-        if self.total_flops:
-            return self.total_flops
-        if self.flops_per_atom and self.atoms_seen:
-            return self.flops_per_atom * self.atoms_seen
-        return None
-
-    def data(self, measure: str) -> float | None:
-        """Data seen or trained on, by a `DATA_MEASURES` name."""
-        return getattr(self, DATA_MEASURES[measure])
 
 
 def _num(value: Any) -> float | None:

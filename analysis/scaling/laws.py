@@ -1,4 +1,4 @@
-"""Scaling-law fits: power laws with and without an offset, fitted robustly.
+"""The scaling laws: power laws with and without an offset, and a fitted law.
 
 With N the parameter count and D the data seen (atoms or structures):
 
@@ -12,7 +12,8 @@ from a grid of initial values. Parameters are carried as logs (e = log E,
 a = log A, ...) against log x centred on the data, so the prediction is a
 log-sum-exp, only the exponents need bounds and the problem stays well
 conditioned whatever the units. Confidence intervals come from a bootstrap
-over runs (percentile intervals).
+over runs (percentile intervals). The fitting itself is
+:func:`analysis.scaling.fits.fit_law`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import contextlib
 import ctypes
 import functools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -187,7 +188,7 @@ def _log_predict(theta: np.ndarray, law: Law, u: np.ndarray) -> np.ndarray:
     return tmax + np.log(np.exp(t - tmax).sum(axis=0))
 
 
-def _objective(theta, law, u, y, w, delta, scale):
+def objective(theta, law, u, y, w, delta, scale):
     """Weighted Huber loss on log-residuals and its exact gradient."""
     t = _terms(theta, law, u)
     tmax = t.max(axis=0)
@@ -221,7 +222,7 @@ def _bounds(law: Law, y: np.ndarray) -> list[tuple[float | None, float | None]]:
     return b
 
 
-def _start_grid(law: Law, y: np.ndarray) -> np.ndarray:
+def start_grid(law: Law, y: np.ndarray) -> np.ndarray:
     """Initial values spread over exponents, offsets and the split between terms."""
     l_min, l_mid = math.exp(y.min()), math.exp(np.median(y))
     two = len(law.axes) == 2
@@ -243,14 +244,14 @@ def _start_grid(law: Law, y: np.ndarray) -> np.ndarray:
     return np.asarray(starts, dtype=float)
 
 
-def _minimise(law, u, y, w, delta, starts) -> list[tuple[float, np.ndarray]]:
+def minimise(law, u, y, w, delta, starts) -> list[tuple[float, np.ndarray]]:
     """L-BFGS-B from every start; (objective, theta) sorted best first."""
     scale = 1.0 / (w.sum() * delta)
     bounds = _bounds(law, y)
     out = []
     for th0 in starts:
         res = optimize.minimize(
-            _objective,
+            objective,
             th0,
             args=(law, u, y, w, delta, scale),
             jac=True,
@@ -264,7 +265,7 @@ def _minimise(law, u, y, w, delta, starts) -> list[tuple[float, np.ndarray]]:
     return out
 
 
-def _distinct_solutions(sols, law: Law, u: np.ndarray, k: int) -> list[np.ndarray]:
+def distinct_solutions(sols, law: Law, u: np.ndarray, k: int) -> list[np.ndarray]:
     """The k best solutions whose curves differ on the data (different basins).
 
     Compared by prediction, not by parameters: with E near 0, log E wanders along
@@ -385,7 +386,7 @@ class FitResult:
         started from this fit's optima so that it is cheap."""
         u = self._u({a: v[keep] for a, v in self.x.items()})
         ly = np.log(self.y[keep])
-        sols = _minimise(self.law, u, ly, np.ones_like(ly), self.delta, self.starts)
+        sols = minimise(self.law, u, ly, np.ones_like(ly), self.delta, self.starts)
         u_i = self._u({a: v[i : i + 1] for a, v in self.x.items()})
         return float(_log_predict(sols[0][1], self.law, u_i)[0] - math.log(self.y[i]))
 
@@ -393,135 +394,3 @@ class FitResult:
     def residuals_log(self) -> np.ndarray:
         """log(predicted / observed) per run."""
         return np.log(self.predict(self.x)) - np.log(self.y)
-
-
-# --- fitting -------------------------------------------------------------------
-
-
-def check_fittable(law: Law, x: Mapping[str, np.ndarray], y: np.ndarray, what: str = "") -> None:
-    """Raise FitError, saying what is missing, if the data cannot determine the law."""
-    where = f" ({what})" if what else ""
-    n = len(y)
-    if n < law.num_params:
-        alt = " or the pure power law without E (--form pure)" if law.offset else ""
-        short = f"{law.num_params} parameters but only {n} runs"
-        raise FitError(
-            f"{law.formula()} has {short}{where}; it needs at least {law.num_params} runs - "
-            f"add runs{alt}",
-            short,
-        )
-    for axis in law.axes:
-        k = num_distinct(x[axis])
-        if k < law.min_distinct:
-            short = f"needs {law.min_distinct} distinct values of {axis}, found {k}"
-            raise FitError(f"{law.formula()} {short}{where}", short)
-
-
-def _validate(law: Law, x: Mapping[str, ArrayLike], y: ArrayLike):
-    yv = np.asarray(y, dtype=float)
-    xv = {}
-    for axis in law.axes:
-        if axis not in x:
-            raise FitError(f"{law.formula()} needs values of {axis}")
-        xv[axis] = np.asarray(x[axis], dtype=float)
-        if xv[axis].shape != yv.shape:
-            raise FitError(f"{axis} has {xv[axis].size} values but L has {yv.size}")
-        bad = ~(np.isfinite(xv[axis]) & (xv[axis] > 0))
-        if bad.any():
-            raise FitError(f"{int(bad.sum())} values of {axis} are not finite and positive")
-    bad = ~(np.isfinite(yv) & (yv > 0))
-    if bad.any():
-        raise FitError(
-            f"{int(bad.sum())} metric values are not finite and positive; "
-            "power laws are fitted in log space"
-        )
-    return xv, yv
-
-
-def fit_law(
-    x: Mapping[str, ArrayLike],
-    y: ArrayLike,
-    law: Law,
-    *,
-    names: Sequence[str] | None = None,
-    delta: float = DEFAULT_DELTA,
-    num_bootstrap: int = 1000,
-    ci_level: float = 0.95,
-    seed: int = 0,
-    max_starts: int = 64,
-    bootstrap_starts: int = 2,
-    what: str = "",
-) -> FitResult:
-    """Fit a law to runs and bootstrap its parameters over runs.
-
-    Args:
-        x: Axis name ("N", "D") -> one value per run (parameters, data seen).
-        y: The metric per run (positive).
-        law: Which law.
-        names: Run names for residual reports.
-        delta: Huber delta on log-residuals.
-        num_bootstrap: Resamples of the runs (0: no intervals).
-        ci_level: Two-sided interval level.
-        seed: Bootstrap random seed.
-        max_starts: Grid starts refined by L-BFGS (the best by initial loss).
-        bootstrap_starts: Distinct full-data optima each resample starts from.
-        what: Context for error messages, e.g. "pet-direct, val/forces_mae".
-
-    Returns:
-        The fit, with intervals and quality.
-
-    Raises:
-        FitError: Bad values, or too few runs / distinct sizes for the law.
-    """
-    xv, yv = _validate(law, x, y)
-    check_fittable(law, xv, yv, what)
-    ly = np.log(yv)
-    ref = np.array([np.log(xv[a]).mean() for a in law.axes])
-    u = np.stack([np.log(xv[a]) - r for a, r in zip(law.axes, ref)])
-    w = np.ones_like(ly)
-    with single_threaded_blas():
-        grid = _start_grid(law, ly)
-        if len(grid) > max_starts:
-            f0 = [_objective(g, law, u, ly, w, delta, 1.0)[0] for g in grid]
-            grid = grid[np.argsort(f0)[:max_starts]]
-        sols = _minimise(law, u, ly, w, delta, grid)
-        if not sols:
-            raise FitError(f"the fit diverged from every start{' (' + what + ')' if what else ''}")
-        starts = _distinct_solutions(sols, law, u, bootstrap_starts)
-        # n == p: every usable resample is the data itself, so there is nothing to draw
-        num = num_bootstrap if len(yv) > law.num_params else 0
-        boot = _bootstrap(law, xv, u, ly, delta, starts, num, seed)
-    names = list(names) if names is not None else [str(i) for i in range(len(yv))]
-    res = FitResult(
-        law, xv, yv, names, sols[0][1], ref, boot, num_bootstrap, ci_level, delta, starts=starts
-    )
-    if num and not res.has_ci:
-        res.notes.append(
-            f"only {len(boot)} of {num} bootstrap resamples could determine the "
-            "law (too few distinct runs): no intervals"
-        )
-    from analysis.diagnostics import quality  # diagnostics builds on this module
-
-    res.quality = quality(res)
-    return res
-
-
-def _bootstrap(law, xv, u, ly, delta, starts, num, seed) -> np.ndarray:
-    """Refit on resamples of the runs; resamples that cannot determine the law
-    (too few distinct sizes) are redrawn, up to 5x the requested count."""
-    n = len(ly)
-    rng = np.random.default_rng(seed)
-    draws: list[np.ndarray] = []
-    for _ in range(5 * num):
-        if len(draws) == num:
-            break
-        w = rng.multinomial(n, np.full(n, 1.0 / n)).astype(float)
-        used = w > 0
-        if used.sum() < law.num_params or any(
-            num_distinct(xv[a][used]) < law.min_distinct for a in law.axes
-        ):
-            continue
-        sols = _minimise(law, u, ly, w, delta, starts)
-        if sols:
-            draws.append(sols[0][1])
-    return np.asarray(draws).reshape(-1, law.num_params)

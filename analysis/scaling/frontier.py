@@ -9,15 +9,11 @@ fitted curves side by side: their error ratio along N, D or compute, and where
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analysis.fits import num_distinct
-
-if TYPE_CHECKING:
-    from analysis.load import Run
-    from analysis.scaling import FitEntry
+from analysis.scaling.laws import num_distinct
+from analysis.scaling.types import FitEntry, Run
 
 
 def pareto(runs: list[Run], metric: str, measure: str) -> list[dict]:

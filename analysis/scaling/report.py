@@ -8,35 +8,14 @@ not give one) with the fit's quality, residuals and leave-one-out check.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from analysis.load import write_csv
-from analysis.scaling import Analysis, FitEntry
+from analysis.scaling.load import write_csv
+from analysis.scaling.types import Analysis, FitEntry
+from data_pipelines.atomic import jsonable, write_json
 
 SCHEMA_VERSION = 1
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: numpy to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
 
 
 def entry_json(e: FitEntry) -> dict:
@@ -74,7 +53,7 @@ def fits_json(an: Analysis, inputs: list[str]) -> dict:
         for f, by_m in an.frontiers.items()
     }
     s = an.settings
-    return _clean(
+    return jsonable(
         {
             "schema_version": SCHEMA_VERSION,
             "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -218,7 +197,7 @@ def report_md(
     an: Analysis, figures: Mapping[str, Mapping[str, list[str]]], inputs: list[str]
 ) -> str:
     """report.md: runs, then per metric the figures, laws, frontier and comparisons."""
-    from analysis.plots import metric_unit
+    from analysis.scaling.plots import metric_unit
 
     s = an.settings
     lines = [
@@ -363,14 +342,14 @@ def write_all(an: Analysis, out: Path, inputs: list[str], figures: bool = True) 
     write_csv(an.runs, out / "runs.csv")
     figs: dict = {}
     if figures:
-        from analysis.plots import make_figures
+        from analysis.scaling.plots import make_figures
 
         figs = make_figures(an, out / "figures")
     data = fits_json(an, inputs)
     data["figures"] = {
         m: {k: [f"figures/{f}" for f in v] for k, v in kinds.items()} for m, kinds in figs.items()
     }
-    (out / "fits.json").write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+    write_json(out / "fits.json", data, indent=1)
     (out / "report.md").write_text(report_md(an, figs, inputs))
     return {
         "fits": out / "fits.json",
