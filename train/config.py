@@ -276,3 +276,21 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError("schedule.total_steps must be >= 1 (or null: trainer.max_steps)")
     if cfg.optim.grad_accum < 1:
         raise ConfigError("optim.grad_accum must be >= 1")
+    check_model(cfg.model)
+
+
+def check_model(model: ModelConfig) -> None:
+    """The family, size and every knob, checked against the family's knob
+    dataclass (``PETConfig``, ``MACEConfig``) before any work starts.
+
+    Raises:
+        ConfigError: one line naming the bad value and the closest valid one.
+    """
+    from train.models import model_config
+
+    try:
+        model_config(model.family, model.size, **dict(model.knobs))
+    except KeyError as err:
+        raise ConfigError(f"model: {err.args[0]}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.knobs: {err}") from None

@@ -19,8 +19,8 @@ from ase.data import chemical_symbols
 
 from data_pipelines import schema as K
 from data_pipelines.loader import LoaderConfig, StreamingLoader
-from train.losses import error_sums, metrics_from_sums
-from train.trainer import check_elements, to_device
+from train.losses import ErrorSums
+from train.trainer import check_elements, element_mask, to_device
 
 
 def resolve_model_file(path: str | Path) -> Path:
@@ -46,17 +46,14 @@ def evaluate(
 
     model, payload = load_model(resolve_model_file(model_path), forces=forces)
     dtype = next(model.parameters()).dtype
-    allowed = torch.zeros(119, dtype=torch.bool)
-    from ase.data import atomic_numbers
-
-    for el in payload["elements"]:
-        allowed[atomic_numbers[el]] = True
+    allowed = element_mask(payload["elements"])
     loader = StreamingLoader(
         LoaderConfig(
             root=data, split=split, cutoff=model.cutoff, max_atoms=max_atoms, shuffle=False
         )
     )
-    sums = None
+    sums = ErrorSums()
+    num_batches = 0
     per_el = torch.zeros(119, 2, dtype=torch.float64)
     for batch in loader:
         check_elements(batch, allowed)
@@ -65,15 +62,15 @@ def evaluate(
             out = model(batch)
         if forces == "direct" and "direct_forces" in out:
             out = {**out, K.FORCES: out["direct_forces"], K.STRESS: out["direct_stress"]}
-        part = error_sums(batch, out)
-        sums = part if sums is None else sums + part
+        sums = sums + ErrorSums.of_batch(batch, out)
+        num_batches += 1
         mask = batch[K.HAS_FORCES][batch[K.BATCH]]
         err = (out[K.FORCES].detach().double() - batch[K.FORCES].double()).abs().mean(1)[mask]
         per_el[:, 0].index_add_(0, batch[K.SPECIES][mask], err)
         per_el[:, 1].index_add_(0, batch[K.SPECIES][mask], torch.ones_like(err))
-    if sums is None:
+    if num_batches == 0:
         raise ValueError(f"split '{split}' of {data} is empty")
-    result = metrics_from_sums(sums, prefix)
+    result = sums.metrics(prefix)
     result.update(
         {
             f"{prefix}/forces_mae/{chemical_symbols[z]}": float(per_el[z, 0] / per_el[z, 1])
@@ -87,7 +84,7 @@ def evaluate(
             "split": split,
             "model": str(model_path),
             "forces": forces or payload["forces"],
-            "num_structures": int(sums[0, 2]),
+            "num_structures": sums.count("energy_per_atom"),
         }
     )
     return result

@@ -88,8 +88,8 @@ def load_model(path: str | Path, forces: str | None = None, device="cpu", dtype=
 def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Exports the latest checkpoint of a run (EMA weights)."""
     from train import checkpoint
+    from train.build import load_stats, make_model
     from train.config import compose, to_object
-    from train.run import load_stats, make_model
 
     run_dir = Path(run_dir)
     from omegaconf import OmegaConf

@@ -3,6 +3,8 @@ and the error sums behind validation metrics."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
@@ -40,65 +42,79 @@ def compute_loss(batch: dict, out: dict, cfg: LossConfig) -> tuple[torch.Tensor,
             out[K.ENERGY][mask] / n[mask], batch[K.ENERGY].to(n.dtype)[mask] / n[mask], cfg.energy
         ),
     }
-    plan = [
-        ("forces", K.FORCES, K.FORCES),
-        ("stress", K.STRESS, K.STRESS),
-        ("direct_forces", DIRECT_FORCES, K.FORCES),
-        ("direct_stress", DIRECT_STRESS, K.STRESS),
-    ]
-    for name, key, label in plan:
+    for name, key, label in _LABELLED:
         if getattr(cfg, name).weight > 0 and key in out:
             parts[name] = _term(*_masked(batch, out, key, label), getattr(cfg, name))
     total = sum(getattr(cfg, name).weight * value for name, value in parts.items())
     return total, {f"train/loss_{k}": v.detach() for k, v in parts.items()}
 
 
-# Validation sums: for each quantity, sum |err|, sum err^2 and the count of values.
+# Validation quantities, in the order of ErrorSums' rows, and their units.
 VAL_QUANTITIES = ("energy_per_atom", "forces", "stress", "direct_forces", "direct_stress")
+VAL_UNITS = {
+    "energy_per_atom": "eV/atom",
+    "forces": "eV/A",
+    "stress": "eV/A^3",
+    "direct_forces": "eV/A",
+    "direct_stress": "eV/A^3",
+}
+_LABELLED = (
+    ("forces", K.FORCES, K.FORCES),
+    ("stress", K.STRESS, K.STRESS),
+    ("direct_forces", DIRECT_FORCES, K.FORCES),
+    ("direct_stress", DIRECT_STRESS, K.STRESS),
+)
 
 
-def error_sums(batch: dict, out: dict) -> torch.Tensor:
-    """(len(VAL_QUANTITIES), 3) tensor of [sum |e|, sum e^2, count] in float64."""
-    rows = []
-    n = batch[K.NUM_ATOMS].to(torch.float64)
-    e_mask = batch[K.HAS_ENERGY]
-    err = {
-        "energy_per_atom": (out[K.ENERGY].double()[e_mask] - batch[K.ENERGY].double()[e_mask])
-        / n[e_mask],
-    }
-    for name, key, label in [
-        ("forces", K.FORCES, K.FORCES),
-        ("stress", K.STRESS, K.STRESS),
-        ("direct_forces", DIRECT_FORCES, K.FORCES),
-        ("direct_stress", DIRECT_STRESS, K.STRESS),
-    ]:
-        if key in out:
-            pred, target = _masked(batch, {key: out[key].double()}, key, label)
-            err[name] = pred - target.double()
-    for name in VAL_QUANTITIES:
-        e = err.get(name)
-        if e is None or e.numel() == 0:
-            rows.append(torch.zeros(3, dtype=torch.float64))
-        else:
-            e = e.detach().reshape(-1).cpu()
-            rows.append(
-                torch.stack(
-                    [
-                        e.abs().sum(),
-                        e.square().sum(),
-                        torch.tensor(float(e.numel()), dtype=torch.float64),
-                    ]
-                )
-            )
-    return torch.stack(rows)
+@dataclass
+class ErrorSums:
+    """Running sums behind the validation metrics, one row per quantity.
 
+    ``table[VAL_QUANTITIES.index(q)]`` holds ``[sum |e|, sum e^2, count]`` of
+    quantity ``q`` in float64; sums add across batches and across ranks (one
+    all-reduce of the table), so MAE and RMSE come out exact whatever the split.
+    """
 
-def metrics_from_sums(sums: torch.Tensor, prefix: str = "val") -> dict[str, float]:
-    """MAE and RMSE per quantity (units: eV/atom, eV/A, eV/A^3)."""
-    out = {}
-    for k, name in enumerate(VAL_QUANTITIES):
-        count = float(sums[k, 2])
-        if count > 0:
-            out[f"{prefix}/{name}_mae"] = float(sums[k, 0]) / count
-            out[f"{prefix}/{name}_rmse"] = (float(sums[k, 1]) / count) ** 0.5
-    return out
+    table: torch.Tensor = field(
+        default_factory=lambda: torch.zeros(len(VAL_QUANTITIES), 3, dtype=torch.float64)
+    )
+
+    @classmethod
+    def of_batch(cls, batch: dict, out: dict) -> ErrorSums:
+        """The sums of one batch's errors (prediction ``out`` against its labels)."""
+        n = batch[K.NUM_ATOMS].to(torch.float64)
+        e_mask = batch[K.HAS_ENERGY]
+        err = {
+            "energy_per_atom": (out[K.ENERGY].double()[e_mask] - batch[K.ENERGY].double()[e_mask])
+            / n[e_mask],
+        }
+        for name, key, label in _LABELLED:
+            if key in out:
+                pred, target = _masked(batch, {key: out[key].double()}, key, label)
+                err[name] = pred - target.double()
+        sums = cls()
+        for row, name in enumerate(VAL_QUANTITIES):
+            e = err.get(name)
+            if e is not None and e.numel() > 0:
+                e = e.detach().reshape(-1).cpu()
+                sums.table[row, 0] = e.abs().sum()
+                sums.table[row, 1] = e.square().sum()
+                sums.table[row, 2] = float(e.numel())
+        return sums
+
+    def __add__(self, other: ErrorSums) -> ErrorSums:
+        return ErrorSums(self.table + other.table)
+
+    def count(self, quantity: str) -> int:
+        """How many values of ``quantity`` were summed (structures for energy)."""
+        return int(self.table[VAL_QUANTITIES.index(quantity), 2])
+
+    def metrics(self, prefix: str = "val") -> dict[str, float]:
+        """MAE and RMSE per quantity that has values (units: VAL_UNITS)."""
+        out = {}
+        for row, name in enumerate(VAL_QUANTITIES):
+            abs_sum, sq_sum, count = (float(v) for v in self.table[row])
+            if count > 0:
+                out[f"{prefix}/{name}_mae"] = abs_sum / count
+                out[f"{prefix}/{name}_rmse"] = (sq_sum / count) ** 0.5
+        return out

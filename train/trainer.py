@@ -20,7 +20,7 @@ from train.augment import augment
 from train.config import TrainConfig
 from train.dist import DistInfo, all_reduce_
 from train.ema import EMA
-from train.losses import compute_loss, error_sums, metrics_from_sums
+from train.losses import ErrorSums, compute_loss
 from train.metrics import MetricLogger
 
 
@@ -39,6 +39,66 @@ class Progress:
     bad_steps: int = 0
     padded_steps: int = 0
     last_val: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepTotals:
+    """What one optimiser step trained on, summed over micro-batches (and ranks
+    after ``all_reduce``): the loss of real batches, their structures and atoms,
+    and the zero-weight padding batches that kept ranks in step."""
+
+    loss: float = 0.0
+    structures: int = 0
+    atoms: int = 0
+    padded_batches: int = 0
+
+    def all_reduce(self) -> None:
+        """Sums every field over ranks, in place (one collective)."""
+        t = torch.tensor(
+            [self.loss, self.structures, self.atoms, self.padded_batches], dtype=torch.float64
+        )
+        all_reduce_(t)
+        self.loss = float(t[0])
+        self.structures, self.atoms, self.padded_batches = (int(v) for v in t[1:])
+
+
+@dataclass
+class TrainParts:
+    """Everything the loop drives, built by ``train.run.run``.
+
+    Attributes:
+        engine: the optimiser engine (``train.engine``) around the model.
+        ema: exponential moving average of the weights, used for validation.
+        train_loader: the resumable training stream.
+        val_loader: the validation stream, None when the data has no val split.
+        logger: metrics.jsonl (and W&B) writer.
+        info: this process's rank, world size and device.
+        run_dir: the run directory (checkpoints go under it).
+        allowed_elements: (119,) bool mask of atomic numbers the model was built for.
+        progress: counters, restored from a checkpoint on resume.
+        augment: apply random O(3) rotations to training batches.
+    """
+
+    engine: object
+    ema: EMA
+    train_loader: StreamingLoader
+    val_loader: StreamingLoader | None
+    logger: MetricLogger
+    info: DistInfo
+    run_dir: Path
+    allowed_elements: torch.Tensor
+    progress: Progress
+    augment: bool
+
+
+def element_mask(symbols) -> torch.Tensor:
+    """(119,) bool mask with True at the atomic numbers of ``symbols``."""
+    from ase.data import atomic_numbers
+
+    allowed = torch.zeros(119, dtype=torch.bool)
+    for el in symbols:
+        allowed[atomic_numbers[el]] = True
+    return allowed
 
 
 def to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
@@ -67,46 +127,34 @@ def check_elements(batch: dict, allowed: torch.Tensor) -> None:
         )
 
 
-def evaluate_batches(model, batches, device, dtype) -> torch.Tensor:
-    """Error sums (train.losses.error_sums) over batches; no parameter gradients."""
-    sums = None
+def evaluate_batches(model, batches, device, dtype) -> ErrorSums:
+    """Error sums over batches; no parameter gradients."""
+    sums = ErrorSums()
     model.eval()
     for batch in batches:
         batch = to_device(batch, device, dtype)
         with torch.no_grad():
             out = model(batch)
-        part = error_sums(batch, out)
-        sums = part if sums is None else sums + part
+        sums = sums + ErrorSums.of_batch(batch, out)
     return sums
 
 
 class Trainer:
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        engine,
-        ema: EMA,
-        train_loader: StreamingLoader,
-        val_loader: StreamingLoader | None,
-        logger: MetricLogger,
-        info: DistInfo,
-        run_dir: Path,
-        allowed: torch.Tensor,
-        progress: Progress,
-        augment_on: bool,
-    ):
+    """The loop over ``parts`` as ``cfg`` says (see ``fit``)."""
+
+    def __init__(self, cfg: TrainConfig, parts: TrainParts):
         self.cfg = cfg
-        self.engine = engine
-        self.model = engine.module
-        self.ema = ema
-        self.train_loader = train_loader
-        self.val_loader = val_loader
-        self.logger = logger
-        self.info = info
-        self.run_dir = run_dir
-        self.allowed = allowed
-        self.progress = progress
-        self.augment_on = augment_on
+        self.engine = parts.engine
+        self.model = parts.engine.module
+        self.ema = parts.ema
+        self.train_loader = parts.train_loader
+        self.val_loader = parts.val_loader
+        self.logger = parts.logger
+        self.info = parts.info
+        self.run_dir = parts.run_dir
+        self.allowed = parts.allowed_elements
+        self.progress = parts.progress
+        self.augment_on = parts.augment
         self.dtype = getattr(torch, cfg.trainer.dtype)
         self._stop_signal: int | None = None
         self._last_batch: dict | None = None
@@ -157,11 +205,9 @@ class Trainer:
         self.val_loader.reset()
         with self.ema.applied(self.model):
             sums = evaluate_batches(self.model, iter(self.val_loader), self.info.device, self.dtype)
-        if sums is None:
-            sums = torch.zeros(5, 3, dtype=torch.float64)
-        all_reduce_(sums)
+        all_reduce_(sums.table)
         self.model.train()
-        return metrics_from_sums(sums)
+        return sums.metrics()
 
     # ---- the loop -------------------------------------------------------------------
 
@@ -194,7 +240,7 @@ class Trainer:
             t0 = time.perf_counter()
             wait = 0.0
             micro = 0
-            local = torch.zeros(6, dtype=torch.float64)  # loss, structs, atoms, pads, 0, 0
+            local = StepTotals()
             parts_sum: dict[str, float] = {}
             lr = self.engine.lr
             grad_norm = None
@@ -243,11 +289,11 @@ class Trainer:
                 grad_norm = norm if norm is not None else grad_norm
                 micro += 1
                 if not pad:
-                    local[0] += float(loss.detach())
-                    local[1] += len(ids)
-                    local[2] += int(batch[K.NUM_ATOMS].sum())
+                    local.loss += float(loss.detach())
+                    local.structures += len(ids)
+                    local.atoms += int(batch[K.NUM_ATOMS].sum())
                 else:
-                    local[3] += 1
+                    local.padded_batches += 1
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
                 if flags[1] > 0:
@@ -256,24 +302,24 @@ class Trainer:
                 break
             p.step += 1
             self.ema.update(self.model)
-            all_reduce_(local)
-            p.structures_seen += int(local[1])
-            p.atoms_seen += int(local[2])
-            p.padded_steps += int(local[3])
+            local.all_reduce()
+            p.structures_seen += local.structures
+            p.atoms_seen += local.atoms
+            p.padded_steps += local.padded_batches
             dt = time.perf_counter() - t0
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(local[0]) / max(1, micro):.4g}", refresh=False)
+                bar.set_postfix(loss=f"{local.loss / max(1, micro):.4g}", refresh=False)
             if p.step % cfg.trainer.log_every == 0 or p.step == cfg.trainer.max_steps:
-                real = max(1.0, self.info.world_size * accum - float(local[3]))
+                real = max(1.0, self.info.world_size * accum - local.padded_batches)
                 row = {
                     "step": p.step,
                     "epoch": self.train_loader.state.epoch,
-                    "train/loss": float(local[0]) / real,
+                    "train/loss": local.loss / real,
                     "lr": lr,
                     "grad_norm": grad_norm,
-                    "atoms_per_s": float(local[2]) / dt,
-                    "structures_per_s": float(local[1]) / dt,
+                    "atoms_per_s": local.atoms / dt,
+                    "structures_per_s": local.structures / dt,
                     "data_wait_fraction": wait / dt,
                     "step_time_s": dt,
                     "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -316,4 +362,3 @@ class Trainer:
             self.info.world_size,
             self.cfg.trainer.keep_checkpoints,
         )
-

@@ -52,3 +52,17 @@ def test_schedules_are_decoupled_from_the_budget():
                                    total_steps=100), 100)
     assert wsd(50) == 1.0 and wsd(79) == 1.0 and wsd(90) == pytest.approx(0.5)
     assert wsd(100) == pytest.approx(0.0)
+
+
+def test_misspelt_knob_fails_at_config_time_with_the_closest_name(tmp_path):
+    cfg = to_object(compose([f"data.root={tmp_path}", "model.knobs.d_pet=64",
+                             f"run_dir={tmp_path / 'run'}"]))
+    with pytest.raises(ConfigError, match=r"model.knobs.d_pet'.*did you mean 'd_edge'"):
+        check(cfg)
+    # the check runs before anything is written: no run directory appears
+    from train.run import run
+
+    with pytest.raises(ConfigError):
+        run(cfg)
+    assert not (tmp_path / "run").exists()
+    check(to_object(compose([f"data.root={tmp_path}", "model.knobs.d_edge=16"])))

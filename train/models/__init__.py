@@ -71,8 +71,14 @@ __all__ = [
 ]
 
 
+# Names other codes give our knobs (metatrain's PET calls the edge width d_pet).
+KNOB_ALIASES = {"d_pet": "d_edge"}
+
+
 def _closest(name: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(name, options, n=1)
+    if KNOB_ALIASES.get(name) in options:
+        return f" (did you mean '{KNOB_ALIASES[name]}'?)"
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
@@ -99,7 +105,10 @@ def model_config(family: str, size: str = "tiny", **overrides: Any) -> Any:
     fields = [f.name for f in dataclasses.fields(config_cls)]
     for key in overrides:
         if key not in fields:
-            raise KeyError(f"unknown {family} knob '{key}'{_closest(key, fields)}")
+            raise KeyError(
+                f"unknown {family} knob 'model.knobs.{key}'{_closest(key, fields)}; "
+                f"knobs: {', '.join(fields)}"
+            )
     values = {**presets[size], **{k: v for k, v in overrides.items() if v is not None}}
     return config_cls(**values)
 

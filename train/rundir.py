@@ -1,0 +1,114 @@
+"""The run directory: where a run lives, what it records at start and at the end.
+
+RUN/config.yaml    resolved config, written before anything else
+RUN/git.json       commit and dirty flag of the checkout
+RUN/metrics.jsonl  one row per logged step (train.metrics)
+RUN/checkpoints/   train.checkpoint
+RUN/summary.json   written last, by a finished run only
+RUN/model.pt       exported EMA weights (train.export)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from data_pipelines.atomic import write_text
+from train.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def family_label(cfg: TrainConfig) -> str:
+    """'pet-direct', 'pet-conservative', 'pet-both' or 'mace' (conservative by design)."""
+    if cfg.model.family == "mace":
+        return "mace"
+    return f"{cfg.model.family}-{cfg.model.forces}"
+
+
+def default_run_dir(cfg: TrainConfig) -> str:
+    return str(REPO / "runs" / f"{family_label(cfg)}-{cfg.model.size}-s{cfg.seed}")
+
+
+def git_state() -> dict:
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    return {
+        "commit": commit or None,
+        "dirty": bool(git("status", "--porcelain")) if commit else None,
+    }
+
+
+def prepare(run_dir: Path, cfg: TrainConfig) -> None:
+    """Creates the run directory and records the config and the checkout.
+
+    A summary left by an earlier finish is removed first: it must only ever
+    describe the weights that the last finished run left behind.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").unlink(missing_ok=True)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    write_text(run_dir / "git.json", json.dumps(git_state(), indent=1))
+
+
+def summary(
+    cfg: TrainConfig,
+    name: str,
+    model,
+    progress,
+    flops: dict[str, float],
+    data: dict[str, Any],
+    world_size: int,
+    epochs: int,
+    final_val: dict[str, float],
+) -> dict[str, Any]:
+    """summary.json of a finished run: what was trained, on what, at what cost.
+
+    Args:
+        model: the trained model (parameter count and description).
+        progress: the loop's counters (``train.trainer.Progress``).
+        flops: ``{"forward", "forward_backward"}`` FLOPs per atom.
+        data: the ``data`` block (root, name, training structures and atoms).
+        final_val: validation metrics with the EMA weights.
+    """
+    return {
+        "run_name": name,
+        "status": "finished",
+        "family": family_label(cfg),
+        "model": cfg.model.family,
+        "forces": cfg.model.forces,
+        "size": cfg.model.size,
+        "knobs": dict(cfg.model.knobs),
+        "num_params": model.num_parameters(),
+        "flops_per_atom": flops["forward_backward"],
+        "flops_per_atom_forward": flops["forward"],
+        "total_flops": flops["forward_backward"] * progress.atoms_seen,
+        "structures_seen": progress.structures_seen,
+        "atoms_seen": progress.atoms_seen,
+        "wall_time_s": progress.wall_time_s,
+        "steps": progress.step,
+        "epochs": epochs,
+        "bad_steps": progress.bad_steps,
+        "padded_steps": progress.padded_steps,
+        "world_size": world_size,
+        "axes": dict(cfg.axes),
+        "budget": dict(cfg.budget),
+        "study": cfg.study,
+        "seed": cfg.seed,
+        "data": data,
+        "model_config": model.describe(),
+        **final_val,
+    }
+
+
+def write_summary(run_dir: Path, values: dict[str, Any]) -> None:
+    """RUN/summary.json, the marker that the run finished: written whole, last."""
+    write_text(run_dir / "summary.json", json.dumps(values, indent=1, default=str))
