@@ -86,7 +86,8 @@ def run(num_structures: int = 2000, cutoff: float = 5.0, memory_check: bool = Tr
     from ase.neighborlist import neighbor_list
 
     from data_pipelines.graph import neighbour_list
-    from data_pipelines.loader import LoaderConfig, StreamingLoader, load_manifest, worker_stream
+    from data_pipelines.dataset import open_dataset
+    from data_pipelines.loader import LoaderConfig, StreamingLoader, worker_stream
 
     torch.set_num_threads(2)
     res: dict = {"num_structures": num_structures, "cutoff_A": cutoff}
@@ -112,11 +113,11 @@ def run(num_structures: int = 2000, cutoff: float = 5.0, memory_check: bool = Tr
         res["convert_structures_per_s"] = num_structures / t_conv
         res["convert_atoms_per_s"] = num_atoms / t_conv
         root = str(tmp / "shards")
-        manifest = load_manifest(root)
+        data = open_dataset(root)
         cfg = LoaderConfig(root=root, cutoff=cutoff, max_atoms=512, shuffle=True)
 
         def decode_only():
-            return sum(1 for _ in worker_stream(cfg, manifest, 0, 0, 1, 0, 1))
+            return sum(1 for _ in worker_stream(cfg, data, 0, 0, 1, 0, 1))
 
         t_dec, count = _timed(decode_only, repeat=3)
         assert count == num_structures

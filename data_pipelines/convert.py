@@ -26,12 +26,13 @@ from ase.data import atomic_numbers
 from tqdm import tqdm
 
 from data_pipelines import shards
+from data_pipelines.atomic import write_text
 from data_pipelines.schema import SCHEMA_VERSION, UNITS, DataError, Structure
 from data_pipelines.stats import StatsAccumulator
 
 DEFAULT_SPLITS = {"train": 0.9, "val": 0.05, "test": 0.05}
-MANIFEST = "manifest.json"
-STATS = "stats.json"
+MANIFEST = shards.MANIFEST_FILE
+STATS = shards.STATS_FILE
 
 
 def parse_splits(text: str) -> dict[str, float]:
@@ -69,12 +70,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class _SplitWriter:
     """Fills equal-sized shards of one split, pack by pack."""
 
@@ -107,7 +102,7 @@ class _SplitWriter:
         if not self._pack:
             return
         if self._writer is None:
-            self._tmp = self.dir / f"shard-{len(self.shards):06d}.tar.tmp"
+            self._tmp = self.dir.parent / (shards.shard_file(self.split, len(self.shards)) + ".tmp")
             self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in _close_shard
             self._writer = shards.ShardWriter(self._file)
         self._writer.add(
@@ -124,11 +119,12 @@ class _SplitWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        final = self.dir / f"shard-{len(self.shards):06d}.tar"
+        name = shards.shard_file(self.split, len(self.shards))
+        final = self.dir.parent / name
         os.replace(self._tmp, final)
         self.shards.append(
             {
-                "file": f"{self.split}/{final.name}",
+                "file": name,
                 "num_structures": self._count,
                 "num_atoms": self._atoms,
                 "num_packs": self._packs,
@@ -209,7 +205,7 @@ def write_dataset(
     elements = sorted(
         {el for st in stats.values() for el in st["elements"]}, key=atomic_numbers.__getitem__
     )
-    _atomic_write_text(
+    write_text(
         out / STATS,
         json.dumps({"split": train_split, **stats[train_split], "per_split": stats}, indent=1),
     )
@@ -236,7 +232,7 @@ def write_dataset(
         "skipped": {"total": sum(skipped.values()), "by_reason": dict(sorted(skipped.items()))},
         "stats_file": STATS,
     }
-    _atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -10,17 +10,21 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
-from collections.abc import Iterator
+from pathlib import Path
 
-from data_pipelines import shards
-from data_pipelines.loader import epoch_ids, load_manifest, open_stream, resolve
+from data_pipelines.atomic import atomic_write
+from data_pipelines.dataset import Dataset, open_dataset
+from data_pipelines.loader import epoch_ids
 from data_pipelines.schema import DataError, Structure
 
+# isort: split
+# Alias for callers on other floors; it moves to data_pipelines.dataset.
+from data_pipelines.dataset import iter_split  # noqa: F401
 
-def summary(root: str) -> str:
-    m = load_manifest(root)
+
+def summary(root: str | Dataset) -> str:
+    m = open_dataset(root).manifest
     lines = [
         f"dataset {m['name']}: {m['num_structures']} structures, {m['num_atoms']} atoms, "
         f"layout {m['layout']} (schema {m['schema_version']})",
@@ -39,50 +43,9 @@ def summary(root: str) -> str:
     return "\n".join(lines)
 
 
-def verify(root: str) -> list[str]:
+def verify(root: str | Dataset) -> list[str]:
     """Checks every shard's sha256 and decodes every pack; returns the problems."""
-    m = load_manifest(root)
-    problems = []
-    for sp in m["splits"].values():
-        for shard in sp["shards"]:
-            location = resolve(root, shard["file"])
-            try:
-                with open_stream(location) as fh:
-                    data = fh.read()
-            except OSError as err:
-                problems.append(f"{location}: cannot read ({err})")
-                continue
-            if hashlib.sha256(data).hexdigest() != shard["sha256"]:
-                problems.append(f"{location}: sha256 mismatch (corrupted or replaced)")
-                continue
-            import io
-
-            try:
-                count = sum(
-                    len(shards.decode_pack(blob, f"{location}:{key}"))
-                    for key, blob in shards.iter_shard_packs(io.BytesIO(data), location)
-                )
-            except DataError as err:
-                problems.append(str(err))
-                continue
-            if count != shard["num_structures"]:
-                problems.append(
-                    f"{location}: {count} structures, manifest says {shard['num_structures']}"
-                )
-    return problems
-
-
-def iter_split(root: str, split: str | None = None) -> Iterator[Structure]:
-    """All structures of one split (or all splits) in manifest order."""
-    m = load_manifest(root)
-    for name, sp in m["splits"].items():
-        if split is not None and name != split:
-            continue
-        for shard in sp["shards"]:
-            location = resolve(root, shard["file"])
-            with open_stream(location) as fh:
-                for key, blob in shards.iter_shard_packs(fh, location):
-                    yield from shards.decode_pack(blob, f"{location}:{key}")
+    return open_dataset(root).verify()
 
 
 def to_atoms(s: Structure):
@@ -103,14 +66,21 @@ def to_atoms(s: Structure):
     return atoms
 
 
-def export_extxyz(root: str, path: str, split: str | None = None) -> int:
+def export_extxyz(root: str | Dataset, path: str, split: str | None = None) -> int:
+    """Writes a split (or every split) as extended XYZ; returns the structure count."""
     from ase.io import write
 
+    ds = open_dataset(root)
     n = 0
-    with open(path, "w") as fh:
-        for s in iter_split(root, split):
-            write(fh, to_atoms(s), format="extxyz")
-            n += 1
+
+    def write_all(tmp: Path) -> None:
+        nonlocal n
+        with open(tmp, "w") as fh:
+            for s in ds.iter_split(split):
+                write(fh, to_atoms(s), format="extxyz")
+                n += 1
+
+    atomic_write(path, write_all)
     return n
 
 
@@ -133,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", nargs=2, metavar=("FORMAT", "FILE"))
     args = p.parse_args(argv)
     try:
+        ds = open_dataset(args.root)
         if args.keys:
             ids = epoch_ids(
-                args.root,
+                ds,
                 args.split or "train",
                 args.rank,
                 args.world_size,
@@ -150,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             fmt, path = args.export
             if fmt != "extxyz":
                 p.error(f"--export supports extxyz, got {fmt}")
-            n = export_extxyz(args.root, path, args.split)
+            n = export_extxyz(ds, path, args.split)
             print(f"exported {n} structures to {path}")
             return 0
-        print(summary(args.root))
+        print(summary(ds))
         if args.verify:
-            problems = verify(args.root)
+            problems = ds.verify()
             for line in problems:
                 print(f"FAILED {line}")
             print("verify: ok" if not problems else f"verify: {len(problems)} problems")

@@ -24,52 +24,23 @@ repeats of their last batch, so collective ops never hang, and counts them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_pipelines import shards
 from data_pipelines.batching import AtomBudgetBatcher, collate, make_graph
-from data_pipelines.schema import DataError, Structure
+from data_pipelines.dataset import Dataset, open_dataset
+from data_pipelines.schema import Structure
+from data_pipelines.subsets import subset_u
+
+# isort: split
+# Aliases for callers on other floors; they move to data_pipelines.dataset.
+from data_pipelines.dataset import load_manifest, open_stream, resolve  # noqa: F401
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-def resolve(root: str, relpath: str) -> str:
-    """Location of a dataset file: a local folder, a URL prefix, or a template
-    with '{path}' (e.g. 'pipe:aws s3 cp s3://bucket/ds/{path} -')."""
-    if "{path}" in root:
-        return root.replace("{path}", relpath)
-    if "://" in root or root.startswith("pipe:"):
-        return root.rstrip("/") + "/" + relpath
-    return str(Path(root) / relpath)
-
-
-def open_stream(location: str):
-    if "://" in location or location.startswith("pipe:"):
-        import webdataset as wds
-
-        return wds.gopen(location, "rb")
-    return open(location, "rb")  # noqa: SIM115 - caller closes
-
-
-def load_manifest(root: str) -> dict:
-    location = resolve(root, "manifest.json")
-    try:
-        with open_stream(location) as fh:
-            return json.loads(fh.read())
-    except FileNotFoundError:
-        raise DataError(
-            location,
-            None,
-            None,
-            "no manifest: not a shard directory, or its conversion did not finish",
-        ) from None
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -105,38 +76,15 @@ def plan_epoch(
     return EpochPlan(order, starts[:-1], begin, end)
 
 
-def iter_plan(root: str, plan: EpochPlan, pack_size: int) -> Iterator[Structure]:
+def iter_plan(data: Dataset, plan: EpochPlan, verify: bool = True) -> Iterator[Structure]:
     """Structures of a plan's range in epoch order (before the buffer shuffle)."""
     for shard, start in zip(plan.shards, plan.starts):
         count = shard["num_structures"]
         if start + count <= plan.begin or start >= plan.end:
             continue
-        location = resolve(root, shard["file"])
-        seen = 0
-        with open_stream(location) as stream:
-            for key, blob in shards.iter_shard_packs(stream, location):
-                lo = start + seen
-                size = min(pack_size, count - seen)
-                seen += size
-                if lo + size <= plan.begin:
-                    continue  # whole pack before this worker's range: not decoded
-                if lo >= plan.end:
-                    break
-                pack = shards.decode_pack(blob, f"{location}:{key}")
-                if len(pack) != size:
-                    raise DataError(
-                        location,
-                        key,
-                        None,
-                        f"pack holds {len(pack)} structures, manifest implies {size}",
-                    )
-                for k, s in enumerate(pack):
-                    if plan.begin <= lo + k < plan.end:
-                        yield s
-        if seen < count and start + seen < plan.end:
-            raise DataError(
-                location, None, None, f"shard is truncated: {seen} of {count} structures present"
-            )
+        yield from data.read_shard(
+            shard, max(plan.begin - start, 0), min(plan.end - start, count), verify=verify
+        )
 
 
 def buffer_shuffle(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
@@ -157,7 +105,9 @@ class LoaderConfig:
     """What the loader needs; units in the names.
 
     Attributes:
-        root: shard directory, URL prefix or '{path}' template.
+        root: data root (folder, URL prefix or '{path}' template) or a Dataset
+            already opened with data_pipelines.dataset.open_dataset (so that
+            several loaders share one manifest read and one subset index).
         split: split name in the manifest.
         cutoff: neighbour-list cutoff, Angstrom.
         max_atoms: atom budget per batch.
@@ -172,7 +122,7 @@ class LoaderConfig:
             (data_pipelines.subsets; None keeps all).
     """
 
-    root: str
+    root: str | Dataset
     split: str = "train"
     cutoff: float = 5.0
     max_atoms: int = 512
@@ -188,7 +138,7 @@ class LoaderConfig:
 
 def worker_stream(
     cfg: LoaderConfig,
-    manifest: dict,
+    data: Dataset,
     epoch: int,
     rank: int,
     world_size: int,
@@ -197,22 +147,12 @@ def worker_stream(
     skip: int = 0,
 ) -> Iterator[Structure]:
     """One global worker's structures for one epoch, shuffled, minus the first `skip`."""
-    if cfg.split not in manifest["splits"]:
-        raise DataError(
-            resolve(cfg.root, "manifest.json"),
-            None,
-            "splits",
-            f"no split '{cfg.split}' (have {sorted(manifest['splits'])})",
-        )
+    split_info = data.split(cfg.split)
     workers = max(num_workers, 1)
     g = rank * workers + worker
-    plan = plan_epoch(
-        manifest["splits"][cfg.split], cfg.seed, epoch, g, world_size * workers, cfg.shuffle
-    )
-    stream: Iterator[Structure] = iter_plan(cfg.root, plan, manifest["pack_size"])
+    plan = plan_epoch(split_info, cfg.seed, epoch, g, world_size * workers, cfg.shuffle)
+    stream: Iterator[Structure] = iter_plan(data, plan, verify=False)
     if cfg.subset_threshold is not None and cfg.subset_threshold < 1.0:
-        from data_pipelines.subsets import subset_u
-
         thr = cfg.subset_threshold
         stream = (s for s in stream if subset_u(s.source_id) <= thr)
     if cfg.shuffle:
@@ -229,7 +169,7 @@ class ShardStream(IterableDataset):
         self.cfg = cfg
         self.rank = rank
         self.world_size = world_size
-        self.manifest = load_manifest(cfg.root)
+        self.data = open_dataset(cfg.root)
         self.epoch = 0
         self.skip: dict[int, int] = {}
         self.phase = 0
@@ -245,7 +185,7 @@ class ShardStream(IterableDataset):
             yield {"_sentinel": True}
         stream = worker_stream(
             self.cfg,
-            self.manifest,
+            self.data,
             self.epoch,
             self.rank,
             self.world_size,
@@ -287,8 +227,13 @@ class StreamingLoader:
         self.state = LoaderState(world_size=world_size, num_workers=cfg.num_workers)
 
     @property
+    def data(self) -> Dataset:
+        """The opened data root this loader streams."""
+        return self.dataset.data
+
+    @property
     def manifest(self) -> dict:
-        return self.dataset.manifest
+        return self.dataset.data.manifest
 
     def reset(self) -> None:
         """Back to the start of the current epoch (e.g. for another validation pass)."""
@@ -380,7 +325,7 @@ def equal_steps(batches: Iterator[dict], group=None) -> Iterator[tuple[dict, boo
 
 
 def epoch_ids(
-    root: str,
+    root: str | Dataset,
     split: str,
     rank: int,
     world_size: int,
@@ -390,11 +335,11 @@ def epoch_ids(
     shuffle: bool = True,
 ) -> list[str]:
     """Ids one rank streams in one epoch (worker by worker), without neighbour lists."""
-    cfg = LoaderConfig(root=root, split=split, seed=seed, shuffle=shuffle)
-    manifest = load_manifest(root)
+    data = open_dataset(root)
+    cfg = LoaderConfig(root=data, split=split, seed=seed, shuffle=shuffle)
     out = []
     for w in range(max(workers, 1)):
         out.extend(
-            s.source_id for s in worker_stream(cfg, manifest, epoch, rank, world_size, w, workers)
+            s.source_id for s in worker_stream(cfg, data, epoch, rank, world_size, w, workers)
         )
     return out

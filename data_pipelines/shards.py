@@ -1,7 +1,9 @@
 """The on-disk layout: WebDataset tar shards of packed structures.
 
-Layout version 1 ("pack-v1"). A split directory holds ``shard-NNNNNN.tar``
-files. Each tar member is one WebDataset sample named ``<key>.pack`` holding
+Layout version 1 ("pack-v1"). A data root holds ``manifest.json``,
+``stats.json`` and one folder per split with ``shard-NNNNNN.tar`` files, named
+in the manifest as ``<split>/shard-NNNNNN.tar`` (nothing else is accepted
+there: see ``SHARD_FILE``). Each tar member is one WebDataset sample named ``<key>.pack`` holding
 up to ``pack_size`` structures in one binary blob, so decoding is a handful of
 ``np.frombuffer`` views instead of one parse per structure:
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import tarfile
 from collections.abc import Iterator
@@ -36,6 +39,20 @@ MAGIC = b"MLIPPACK"
 LAYOUT_VERSION = 1
 LAYOUT_NAME = "pack-v1"
 _PREFIX = struct.Struct("<8sII")
+
+MANIFEST_FILE = "manifest.json"
+STATS_FILE = "stats.json"
+# Names convert writes and readers accept. Strict on purpose: manifest paths end
+# up in file paths, URLs and `pipe:` shell commands, so no '..', '/', spaces or
+# shell characters may come in through a split name or a shard entry.
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+SHARD_FILE = re.compile(r"(?P<split>[A-Za-z0-9][A-Za-z0-9_-]*)/shard-[0-9]{6,}\.tar")
+STATS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.json")
+
+
+def shard_file(split: str, index: int) -> str:
+    """The manifest path of a split's index-th shard, e.g. 'train/shard-000003.tar'."""
+    return f"{split}/shard-{index:06d}.tar"
 
 _ARRAY_ORDER = (
     "num_atoms", "numbers", "positions", "cell", "pbc", "energy", "forces", "stress",
@@ -86,8 +103,8 @@ def encode_pack(structures: list[Structure]) -> bytes:
     return _PREFIX.pack(MAGIC, LAYOUT_VERSION, len(header)) + header + b"".join(chunks)
 
 
-def decode_pack(blob: bytes, where: str = "?") -> list[Structure]:
-    """Inverse of encode_pack; `where` names the shard and member in errors."""
+def _parse_header(blob: bytes, where: str) -> tuple[dict, int]:
+    """The JSON header of a pack and where its data block starts."""
     if len(blob) < _PREFIX.size:
         raise DataError(where, None, None, "pack is truncated (shorter than its prefix)")
     magic, version, header_len = _PREFIX.unpack_from(blob)
@@ -102,15 +119,38 @@ def decode_pack(blob: bytes, where: str = "?") -> list[Structure]:
         header = json.loads(blob[_PREFIX.size : start])
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(where, None, "header", f"corrupt pack header ({err})") from None
-    arrays = {}
-    for name, (dtype, shape, offset) in header["arrays"].items():
-        count = int(np.prod(shape))
-        nbytes = count * np.dtype(dtype).itemsize
-        if start + offset + nbytes > len(blob):
-            raise DataError(where, None, name, "pack is truncated: array runs past its end")
-        arrays[name] = np.frombuffer(blob, dtype=dtype, count=count, offset=start + offset).reshape(
-            shape
+    return header, start
+
+
+def _array(blob: bytes, start: int, name: str, spec: list, where: str) -> np.ndarray:
+    dtype, shape, offset = spec
+    count = int(np.prod(shape))
+    nbytes = count * np.dtype(dtype).itemsize
+    if start + offset + nbytes > len(blob):
+        raise DataError(where, None, name, "pack is truncated: array runs past its end")
+    return np.frombuffer(blob, dtype=dtype, count=count, offset=start + offset).reshape(shape)
+
+
+def pack_index(blob: bytes, where: str = "?") -> tuple[list[str], np.ndarray]:
+    """Source ids and (k,) atom counts of a pack, without decoding its arrays.
+
+    What subset thresholds need: reads the header and the num_atoms array only.
+    """
+    header, start = _parse_header(blob, where)
+    num_atoms = _array(blob, start, "num_atoms", header["arrays"]["num_atoms"], where)
+    if len(num_atoms) != len(header["ids"]):
+        raise DataError(
+            where, None, "num_atoms", f"{len(num_atoms)} counts for {len(header['ids'])} ids"
         )
+    return list(header["ids"]), num_atoms
+
+
+def decode_pack(blob: bytes, where: str = "?") -> list[Structure]:
+    """Inverse of encode_pack; `where` names the shard and member in errors."""
+    header, start = _parse_header(blob, where)
+    arrays = {
+        name: _array(blob, start, name, spec, where) for name, spec in header["arrays"].items()
+    }
     ptr = np.zeros(len(arrays["num_atoms"]) + 1, dtype=np.int64)
     np.cumsum(arrays["num_atoms"], out=ptr[1:])
     out = []

@@ -12,6 +12,7 @@ from ase.neighborlist import neighbor_list
 
 from data_pipelines import schema as K
 from data_pipelines.convert import write_dataset
+from data_pipelines.dataset import open_dataset
 from data_pipelines.graph import neighbour_list
 from data_pipelines.loader import LoaderConfig, StreamingLoader, epoch_ids, equal_steps
 from tests.data_pipelines.helpers import emt_structures
@@ -26,9 +27,7 @@ def root(tmp_path_factory):
 
 
 def _train_ids(root):
-    from data_pipelines.inspect import iter_split
-
-    return sorted(s.source_id for s in iter_split(root, "train"))
+    return sorted(s.source_id for s in open_dataset(root).iter_split("train"))
 
 
 def _epoch(root, rank, world, workers, epoch, **kw):

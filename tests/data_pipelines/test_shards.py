@@ -11,7 +11,7 @@ from ase.data import chemical_symbols
 
 from data_pipelines import schema as K
 from data_pipelines.convert import split_of, write_dataset
-from data_pipelines.inspect import iter_split, verify
+from data_pipelines.dataset import iter_split, open_dataset
 from data_pipelines.loader import LoaderConfig, StreamingLoader
 from data_pipelines.schema import DataError
 from data_pipelines.shards import decode_pack, encode_pack, iter_shard_packs
@@ -79,7 +79,7 @@ def test_manifest_counts_and_equal_shards(dataset, structures):
         assert all(len(sh["sha256"]) == 64 for sh in sp["shards"])
     zs = sorted({int(z) for s in structures for z in s.numbers})
     assert manifest["elements"] == [chemical_symbols[z] for z in zs]  # sorted by Z
-    assert verify(str(root)) == []
+    assert open_dataset(str(root)).verify() == []
 
 
 def test_split_is_stable_when_files_are_added():
@@ -162,7 +162,7 @@ def test_truncated_and_corrupted_shards_are_named(tmp_path, structures):
     flipped = bytearray(data)
     flipped[len(data) // 3] ^= 0xFF
     shard.write_bytes(bytes(flipped))
-    problems = verify(str(root))
+    problems = open_dataset(str(root)).verify()
     assert problems and "shard-000000.tar" in problems[0]
 
 
