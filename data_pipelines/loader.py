@@ -13,9 +13,12 @@ world size and worker count, so every process agrees without talking):
    (seed, epoch, global worker), builds neighbour lists (vesin), packs batches
    by atom and edge budget and collates them.
 4. Each batch carries how many structures its worker has consumed; the
-   loader keeps the latest count per worker as its state. Resuming replays
-   each worker's deterministic stream and skips what was consumed, so batches
-   after a resume are the ones the interrupted run would have produced.
+   loader keeps the latest count per worker, and which worker's batch the
+   DataLoader hands out next, as its state. Resuming replays each worker's
+   deterministic stream and skips what was consumed, and the workers before
+   the next one in turn send an empty marker first, so the DataLoader (which
+   always starts its turn at worker 0) yields the batches the interrupted run
+   would have produced, in the same order.
 
 Ranks can end an epoch with different numbers of batches (budgets pack
 differently); `equal_steps` pads the ranks that finish first with zero-weight
@@ -207,11 +210,25 @@ class ShardStream(IterableDataset):
 
 @dataclass
 class LoaderState:
+    """Where a rank is in an epoch.
+
+    Attributes:
+        epoch: the epoch being streamed.
+        consumed: structures each DataLoader worker has put into delivered batches.
+        world_size: ranks of the run (a resume must match).
+        num_workers: DataLoader workers per rank (a resume must match).
+        batches: batches delivered this epoch.
+        next_worker: the worker whose batch the DataLoader hands out next: one
+            after the last worker that delivered (DataLoader asks workers in
+            turn and skips those that have run out), 0 at the start of an epoch.
+    """
+
     epoch: int = 0
     consumed: dict[int, int] = field(default_factory=dict)
     world_size: int = 1
     num_workers: int = 0
-    batches: int = 0  # batches delivered this epoch
+    batches: int = 0
+    next_worker: int = 0
 
 
 class StreamingLoader:
@@ -247,9 +264,7 @@ class StreamingLoader:
     def __iter__(self) -> Iterator[dict]:
         self.dataset.epoch = self.state.epoch
         self.dataset.skip = dict(self.state.consumed)
-        self.dataset.phase = (
-            self.state.batches % self.cfg.num_workers if self.cfg.num_workers else 0
-        )
+        self.dataset.phase = self.state.next_worker
         loader = DataLoader(
             self.dataset,
             batch_size=None,
@@ -260,8 +275,11 @@ class StreamingLoader:
         for batch in loader:
             if batch.get("_sentinel"):
                 continue
-            self.state.consumed[batch.pop("_worker")] = batch.pop("_consumed")
+            worker = batch.pop("_worker")
+            self.state.consumed[worker] = batch.pop("_consumed")
             self.state.batches += 1
+            # not batches % workers: once a worker runs out the turn skips it
+            self.state.next_worker = (worker + 1) % max(self.cfg.num_workers, 1)
             batch.pop("_epoch")
             yield batch
 
@@ -272,6 +290,7 @@ class StreamingLoader:
             "world_size": self.state.world_size,
             "num_workers": self.state.num_workers,
             "batches": self.state.batches,
+            "next_worker": self.state.next_worker,
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -281,11 +300,15 @@ class StreamingLoader:
                 f"{sd['world_size']} num_workers={sd['num_workers']}, now "
                 f"{self.state.world_size} and {self.state.num_workers}"
             )
+        workers = max(sd["num_workers"], 1)
         self.state = LoaderState(
             sd["epoch"],
             {int(k): v for k, v in sd["consumed"].items()},
             sd["world_size"],
             sd["num_workers"],
+            sd.get("batches", 0),
+            # states saved before next_worker existed: exact while no worker had run out
+            sd.get("next_worker", sd.get("batches", 0) % workers),
         )
 
 

@@ -83,6 +83,65 @@ def test_resume_mid_epoch_repeats_and_skips_nothing(root, workers):
     assert key == [tuple(b[K.IDS]) for b in reference]  # and in the same order
 
 
+def _same_batch(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for key, value in a.items():
+        other = b[key]
+        if isinstance(value, torch.Tensor):
+            if not (value.dtype == other.dtype and torch.equal(value, other)):
+                return False
+        elif value != other:
+            return False
+    return True
+
+
+def _resumed(cfg, epoch, stop):
+    first = StreamingLoader(cfg)
+    first.set_epoch(epoch)
+    got = []
+    for batch in first:
+        got.append(batch)
+        if len(got) == stop:
+            break
+    state = first.state_dict()
+    second = StreamingLoader(cfg)
+    second.load_state_dict(state)
+    return got + list(second)
+
+
+@pytest.fixture(scope="module")
+def uneven_root(tmp_path_factory):
+    # Largest structures first and no shuffle: worker 0 packs few per batch and
+    # the last worker many, so the last one runs out while the others go on and
+    # the round-robin continues over fewer workers.
+    out = tmp_path_factory.mktemp("uneven")
+    structures = sorted(emt_structures(90), key=lambda s: -s.num_atoms)
+    write_dataset(structures, out, shard_size=16, pack_size=4, splits={"train": 1.0},
+                  stats_cutoff=None)
+    return str(out)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2, 3])
+def test_resume_yields_the_uninterrupted_batches_exactly(root, uneven_root, workers):
+    cases = [
+        (LoaderConfig(root=root, cutoff=4.0, max_atoms=40, num_workers=workers, seed=1), 2),
+        (LoaderConfig(root=uneven_root, cutoff=4.0, max_atoms=32, num_workers=workers,
+                      shuffle=False), 0),
+    ]
+    for cfg, epoch in cases:
+        full = StreamingLoader(cfg)
+        full.set_epoch(epoch)
+        reference = list(full)
+        n = len(reference)
+        # odd and even stops, early, in the middle and once some worker has run out
+        for stop in sorted({1, 2, 3, n // 2, n // 2 + 1, n - 3, n - 2, n - 1}):
+            got = _resumed(cfg, epoch, stop)
+            assert len(got) == n, (cfg.root, stop)
+            for k, (a, b) in enumerate(zip(got, reference)):
+                assert _same_batch(a, b), f"{workers} workers, stop {stop}: batch {k} differs"
+
+
 def test_resume_refuses_another_layout(root):
     loader = StreamingLoader(LoaderConfig(root=root, num_workers=0), world_size=1)
     state = loader.state_dict()
