@@ -24,7 +24,7 @@ TARGET_PER_ROTATION = 1.2
 def run_benchmark(sizes: list[int], l_max: list[int], threads: int, repeats: int) -> dict:
     import torch
 
-    from analysis.speed import fcc_supercell, time_calculator
+    from analysis.workflows.speed import fcc_supercell, time_calculator
     from train.calculator import ModelCalculator
     from train.corrections import RotationalAverage, SpaceGroupProjection, rotation_grid
     from train.models import build_model

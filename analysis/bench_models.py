@@ -17,23 +17,20 @@ The run re-executes itself with glibc told to keep freed memory (HEAP_ENV);
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import functools
 import json
 import os
 import platform
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 from ase.build import bulk
 
+from analysis.workflows.memory import peak_memory
 from data_pipelines.batching import batch_structures
 from data_pipelines.schema import Structure
 from train.models import build_model
@@ -105,47 +102,6 @@ def high_entropy_cell(seed: int = 0) -> Structure:
     atoms = bulk("Mo", "bcc", a=3.2, cubic=True).repeat((4, 4, 4))
     numbers = np.random.default_rng(seed).permutation(np.repeat([42, 41, 73, 74], 32))
     return Structure("monbtaw-128", numbers, atoms.positions, atoms.cell[:], [True] * 3)
-
-
-def _release_freed_memory() -> None:
-    """Returns freed heap pages to the OS so the next RSS baseline is honest."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak extra memory (bytes) while `fn` runs.
-
-    CUDA: the allocator's peak. CPU: peak resident set size above the level
-    before the call, sampled every 0.5 ms (after trimming the heap).
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - before)
-    _release_freed_memory()
-    process = psutil.Process()
-    baseline = process.memory_info().rss
-    peak = baseline
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, process.memory_info().rss)
-            time.sleep(0.0005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        sampler.join()
-    return int(max(peak, process.memory_info().rss) - baseline)
 
 
 def time_call(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:

@@ -15,20 +15,18 @@ from ase.io import write
 from ase.phonons import Phonons
 from scipy.optimize import minimize_scalar
 
-from analysis import phonons as phonons_cli
-from analysis import relax as relax_cli
-from analysis import speed as speed_cli
-from analysis import symmetry as symmetry_cli
-from analysis.calculators import (
+from analysis.workflows import phonons, relax, speed, symmetry
+from analysis.workflows.command import main as command
+from analysis.workflows.model import (
     ModelOptions,
     check_species,
     get_calculator,
-    load_structures,
     reference_options,
 )
-from analysis.phonons import PhononSettings, compute_phonons, symmetrize_force_constants
-from analysis.relax import RelaxSettings, relax_structure, structure_rmsd
-from analysis.symmetry import (
+from analysis.workflows.phonons import PhononSettings, compute_phonons, symmetrize_force_constants
+from analysis.workflows.relax import RelaxSettings, relax_structure, structure_rmsd
+from analysis.workflows.structures import load_structures
+from analysis.workflows.symmetry import (
     force_jacobian,
     jacobian_asymmetry,
     nve_drift,
@@ -163,7 +161,8 @@ def test_structure_rmsd_ignores_rigid_motion_and_measures_displacement():
 
 
 def test_relax_cli_fix_symmetry_keeps_space_groups(tmp_path, capsys):
-    result = relax_cli.main(
+    result = command(
+        "relax",
         [
             "--model",
             "emt",
@@ -174,7 +173,7 @@ def test_relax_cli_fix_symmetry_keeps_space_groups(tmp_path, capsys):
             "--fix-symmetry",
             "--reference-model",
             "emt",
-        ]
+        ],
     )
     assert "relax emt" in capsys.readouterr().out
     with open(tmp_path / "results.csv") as fh:
@@ -203,8 +202,10 @@ def test_fix_symmetry_keeps_bcc_hcp_rocksalt():
     structures = load_structures("builtin:prototypes")
     for _, atoms in structures:  # strain so that the cell has to move
         atoms.set_cell(atoms.cell.array * 1.03, scale_atoms=True)
-    out = relax_cli.run_relax(
-        ModelOptions(), structures, RelaxSettings(fix_symmetry=True, fmax=1e-3), reference=None
+    out = relax.run(
+        ModelOptions(),
+        structures,
+        RelaxSettings(fix_symmetry=True, fmax=1e-3, reference_model="none"),
     )
     groups = {r["name"]: (r["spacegroup_before"], r["spacegroup_after"]) for r in out["rows"]}
     assert groups == {"cu-bcc": (229, 229), "cu-hcp": (194, 194), "cuau-rocksalt": (225, 225)}
@@ -216,11 +217,10 @@ def test_relax_runs_a_separate_reference_relaxation():
     # projection is the identity, so both relaxations agree.
     structures = [("cu", bulk("Cu", "fcc", a=3.6, cubic=True))]
     structures[0][1].rattle(0.05, seed=0)
-    out = relax_cli.run_relax(
+    out = relax.run(
         ModelOptions("emt", space_group=True),
         structures,
-        RelaxSettings(fmax=1e-3),
-        reference=ModelOptions("emt"),
+        RelaxSettings(fmax=1e-3, reference_model="emt"),
     )
     assert out["metrics"]["relax/rmsd_mean"] < 1e-3  # P1: projection is the identity
 
@@ -308,7 +308,8 @@ def test_force_constant_symmetrisation():
 
 
 def test_phonons_cli_outputs_and_bad_input(tmp_path):
-    phonons_cli.main(
+    command(
+        "phonons",
         [
             "--structures",
             "builtin:cu-fcc",
@@ -322,7 +323,7 @@ def test_phonons_cli_outputs_and_bad_input(tmp_path):
             "4",
             "4",
             "4",
-        ]
+        ],
     )
     data = json.loads((tmp_path / "cu-fcc" / "phonons.json").read_text())
     assert len(data["gamma_frequencies_thz"]) == 3
@@ -333,7 +334,7 @@ def test_phonons_cli_outputs_and_bad_input(tmp_path):
     slab = bulk("Cu", "fcc", a=3.6)
     slab.pbc = [True, True, False]
     with pytest.raises(ValueError, match="3D periodic"):
-        phonons_cli.run_phonons(ModelOptions(), [("slab", slab)], PhononSettings())
+        phonons.run(ModelOptions(), [("slab", slab)], PhononSettings())
 
 
 # --------------------------------------------------- symmetry diagnostics
@@ -368,7 +369,8 @@ def test_symmetry_cli_with_labels(tmp_path):
 
     atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=forces)
     write(tmp_path / "labelled.extxyz", atoms)
-    result = symmetry_cli.main(
+    result = command(
+        "symmetry",
         [
             "--structures",
             str(tmp_path / "labelled.extxyz"),
@@ -384,7 +386,7 @@ def test_symmetry_cli_with_labels(tmp_path):
             "10",
             "--out",
             str(tmp_path / "sym"),
-        ]
+        ],
     )
     m = json.loads((tmp_path / "sym" / "metrics.json").read_text())
     assert m == pytest.approx(result["metrics"], nan_ok=True)
@@ -398,11 +400,11 @@ def test_symmetry_cli_with_labels(tmp_path):
 def test_toy_rotational_error_drops_with_averaging():
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
     atoms.rattle(0.05, seed=0)
-    plain = symmetry_cli.rotational_spread(ToyCalculator(), atoms, 3)
-    averaged = symmetry_cli.rotational_spread(RotationalAverage(ToyCalculator(), 3), atoms, 3)
+    plain = symmetry.rotational_spread(ToyCalculator(), atoms, 3)
+    averaged = symmetry.rotational_spread(RotationalAverage(ToyCalculator(), 3), atoms, 3)
     assert averaged["rot_error_forces"] < 0.1 * plain["rot_error_forces"]
     assert averaged["rot_error_stress"] < 1e-10  # a constant anisotropy is degree 2: exact
-    grid = symmetry_cli.grid_spread(ToyCalculator(), atoms, 3)
+    grid = symmetry.grid_spread(ToyCalculator(), atoms, 3)
     assert grid["grid_std_forces"] > 0.1 * plain["rot_error_forces"]
 
 
@@ -410,8 +412,8 @@ def test_toy_rotational_error_drops_with_averaging():
 
 
 def test_speed_reports_every_configuration(tmp_path):
-    result = speed_cli.main(
-        ["--sizes", "32", "--rot-l-max", "1", "--repeats", "1", "--out", str(tmp_path)]
+    result = command(
+        "speed", ["--sizes", "32", "--rot-l-max", "1", "--repeats", "1", "--out", str(tmp_path)]
     )
     m = json.loads((tmp_path / "metrics.json").read_text())
     for config in ("plain", "rot1", "spacegroup"):
@@ -420,7 +422,7 @@ def test_speed_reports_every_configuration(tmp_path):
     assert result["timings"]["rot1"][32]["num_rotations"] == 18
     # serial averaging costs about one plain evaluation per rotation
     assert 0.1 < m["speed/rot1/n32/cost_vs_plain_per_rotation"] < 10.0  # timing noise on CI
-    assert len(speed_cli.fcc_supercell(256)) == 256
+    assert len(speed.fcc_supercell(256)) == 256
 
 
 def test_rotational_error_of_conservative_model_on_a_bravais_lattice():
@@ -437,11 +439,11 @@ def test_rotational_error_of_conservative_model_on_a_bravais_lattice():
     primitive = bulk("Cu", "fcc", a=3.6)
     forces = calc.evaluate([primitive])[0]["forces"]
     assert np.abs(forces).max() < 1e-10  # the trap the working cell avoids
-    settings = symmetry_cli.SymmetrySettings(
+    settings = symmetry.SymmetrySettings(
         num_rotations=2, grid_l_max=None, jacobian_atoms=0, md_steps=0, min_atoms=8
     )
-    out = symmetry_cli.diagnose(calc, None, primitive, settings)
+    out = symmetry.diagnose(calc, None, primitive, settings)
     assert out["work_num_atoms"] >= 8
     assert out["rot_error_forces"] > 1e-6  # pet is not equivariant
-    emt = symmetry_cli.diagnose(EMT(), None, primitive, settings)
+    emt = symmetry.diagnose(EMT(), None, primitive, settings)
     assert emt["rot_error_forces"] < 1e-10

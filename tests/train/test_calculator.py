@@ -109,7 +109,7 @@ def test_batched_rotational_average_matches_serial(both_model):
 
 
 def test_practical_command_on_a_trained_model(both_model, emt_shards, tmp_path):
-    from analysis import practical
+    from analysis.workflows.command import main as command
 
     out = tmp_path / "practical"
     args = [
@@ -128,7 +128,7 @@ def test_practical_command_on_a_trained_model(both_model, emt_shards, tmp_path):
         "--speed-atoms",
         "32",
     ]
-    summary = practical.main(args)
+    summary = command("practical", args)
     rows = summary["variants"]
     assert set(rows) == {"direct", "direct-rot2"}
     # the label errors agree with train.evaluate on the same split and force head
@@ -156,15 +156,16 @@ def test_practical_command_on_a_trained_model(both_model, emt_shards, tmp_path):
     assert saved["variants"]["direct"]["labels/force_mae"] == rows["direct"]["labels/force_mae"]
     # a second call reuses every finished part
     stamp = (out / "direct" / "phonons" / "metrics.json").stat().st_mtime_ns
-    practical.main(args)
+    command("practical", args)
     assert (out / "direct" / "phonons" / "metrics.json").stat().st_mtime_ns == stamp
 
 
 def test_practical_command_rejects_bad_variants(both_model, emt_shards, tmp_path):
-    from analysis import practical
+    from analysis.workflows.command import main as command
 
     with pytest.raises(SystemExit):
-        practical.main(
+        command(
+            "practical",
             [
                 "--model",
                 str(both_model),
@@ -174,14 +175,15 @@ def test_practical_command_rejects_bad_variants(both_model, emt_shards, tmp_path
                 str(tmp_path),
                 "--variants",
                 "sideways",
-            ]
+            ],
         )
 
 
 def test_speed_times_each_mode_and_a_compared_model(both_model, tmp_path):
-    from analysis import speed
+    from analysis.workflows.command import main as command
 
-    result = speed.main(
+    result = command(
+        "speed",
         [
             "--model",
             str(both_model),
@@ -195,7 +197,7 @@ def test_speed_times_each_mode_and_a_compared_model(both_model, tmp_path):
             str(both_model),
             "--out",
             str(tmp_path),
-        ]
+        ],
     )
     timings = result["timings"]
     assert set(timings) == {"direct", "conservative", "rot1", "spacegroup", "pet-tiny"}

@@ -1,6 +1,6 @@
 """Harmonic phonons by finite displacements (phonopy), with a reference comparison.
 
-    python -m analysis.phonons --model emt --structures builtin:cu-fcc \
+    python -m analysis phonons --model emt --structures builtin:cu-fcc \
         --supercell 2 2 2 [--displacement 0.01] --out runs/phonons [--reference-model emt]
 
 Per structure: a tight symmetry-constrained relaxation (FixSymmetry + Frechet
@@ -19,7 +19,6 @@ Frequencies in THz; imaginary modes are negative numbers.
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,46 +30,39 @@ from numpy.typing import NDArray
 from phonopy import Phonopy
 from phonopy.structure.atoms import PhonopyAtoms
 
-from analysis.calculators import (
-    ModelOptions,
-    add_model_arguments,
-    check_species,
-    load_structures,
-    model_options_from_args,
-    nanmean,
-    reference_options,
-    write_json,
-)
-from analysis.relax import RelaxSettings, relax_structure
+from analysis.workflows.model import REFERENCE_HELP, ModelOptions, check_species, reference_options
+from analysis.workflows.relax import RelaxSettings, relax_structure
+from analysis.workflows.results import nanmean, write_results
+from analysis.workflows.settings import setting
+from analysis.workflows.structures import Structures, as_structures
+from data_pipelines.atomic import write_json
 
 
 @dataclass(frozen=True)
 class PhononSettings:
-    """Finite-displacement and analysis settings.
+    """Finite-displacement and analysis settings; each field's help and unit are
+    its metadata (``python -m analysis phonons --help`` lists them)."""
 
-    Attributes:
-        supercell: diagonal supercell multiples of the input cell.
-        displacement: displacement amplitude in A.
-        relax_fmax: force threshold (eV/A) of the tight pre-relaxation; None skips it.
-        relax_max_steps: step limit of the pre-relaxation.
-        path_points: k-points along the band path; a fixed count (not a density) so
-            a model and its reference, relaxed to slightly different cells, are
-            compared point by point on the same fractional path.
-        mesh: q-mesh for the DOS.
-        imaginary_tol: frequencies below -imaginary_tol (THz) count as imaginary.
-        subtract_residual: subtract the forces of the undisplaced supercell (they
-            vanish for an exactly relaxed structure; they do not for direct
-            forces or a loosely relaxed one).
-    """
-
-    supercell: tuple[int, int, int] = (2, 2, 2)
-    displacement: float = 0.01
-    relax_fmax: float | None = 1e-4
-    relax_max_steps: int = 1000
-    path_points: int = 150
-    mesh: tuple[int, int, int] = (16, 16, 16)
-    imaginary_tol: float = 0.05
-    subtract_residual: bool = True
+    supercell: tuple[int, int, int] = setting(
+        (2, 2, 2), "diagonal supercell multiples of the input cell"
+    )
+    displacement: float = setting(0.01, "displacement amplitude", "A")
+    relax_fmax: float | None = setting(
+        1e-4,
+        "force threshold of the tight symmetry-constrained pre-relaxation; <=0 skips it",
+        "eV/A",
+        none_at_or_below=0.0,
+    )
+    relax_max_steps: int = setting(1000, "step limit of the pre-relaxation")
+    # A fixed count, not a density, so a model and its reference, relaxed to
+    # slightly different cells, are compared point by point on the same path.
+    path_points: int = setting(150, "q-points along the band path")
+    mesh: tuple[int, int, int] = setting((16, 16, 16), "q-mesh for the DOS")
+    imaginary_tol: float = setting(0.05, "frequencies below minus this count as imaginary", "THz")
+    # The undisplaced supercell's forces vanish for an exactly relaxed structure;
+    # they do not for direct forces or a loosely relaxed one.
+    subtract_residual: bool = setting(True, "subtract the forces of the undisplaced supercell")
+    reference_model: str | None = setting(None, "the frequency errors' " + REFERENCE_HELP)
 
 
 def asr_violation(fc: NDArray[np.float64]) -> float:
@@ -281,18 +273,28 @@ def plot_bands(result: dict, path: Path, reference: dict | None = None, title: s
     plt.close(fig)
 
 
-def run_phonons(
+def run(
     model: ModelOptions,
-    structures: list[tuple[str, Atoms]],
+    structures: Structures,
     settings: PhononSettings,
-    reference: ModelOptions | None = None,
     out: Path | None = None,
 ) -> dict:
-    """Phonons of every structure with ``model`` (and ``reference``).
+    """Phonons of every structure with ``model`` (and the reference).
+
+    Args:
+        model: model and corrections to evaluate.
+        structures: (name, atoms) pairs of 3D periodic cells, or a structures spec.
+        settings: displacement and analysis settings, shared by the reference;
+            ``reference_model="none"`` skips the reference and the errors.
+        out: output directory for DIR/<name>/phonons.json, bands.png,
+            results.json and metrics.json.
 
     Returns:
         ``{"settings", "structures": {name: per-structure metrics}, "metrics"}``.
     """
+    structures = as_structures(structures)
+    reference = reference_options(model, settings.reference_model)
+    out = Path(out) if out is not None else None
     calc = model.build()
     ref_calc = reference.build() if reference is not None and reference != model else None
     per_structure: dict[str, dict] = {}
@@ -340,10 +342,7 @@ def run_phonons(
         "structures": per_structure,
         "metrics": metrics,
     }
-    if out is not None:
-        write_json(out / "results.json", result)
-        write_json(out / "metrics.json", metrics)
-    return result
+    return write_results(out, result)
 
 
 def _summarize(per_structure: dict[str, dict]) -> dict[str, float]:
@@ -364,40 +363,14 @@ def _summarize(per_structure: dict[str, dict]) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m analysis.phonons", description=__doc__)
-    add_model_arguments(parser)
-    parser.add_argument("--structures", required=True, help="file or builtin:cu-fcc")
-    parser.add_argument("--supercell", type=int, nargs=3, default=[2, 2, 2])
-    parser.add_argument("--displacement", type=float, default=0.01, help="A")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--relax-fmax", type=float, default=1e-4, help="eV/A; <=0 skips")
-    parser.add_argument("--mesh", type=int, nargs=3, default=[16, 16, 16])
-    parser.add_argument(
-        "--reference-model",
-        default=None,
-        help="'emt', a model file, or 'none' (default: the same model, conservative forces)",
-    )
-    args = parser.parse_args(argv)
-    model = model_options_from_args(args)
-    settings = PhononSettings(
-        supercell=tuple(args.supercell),
-        displacement=args.displacement,
-        relax_fmax=args.relax_fmax if args.relax_fmax > 0 else None,
-        mesh=tuple(args.mesh),
-    )
-    reference = reference_options(model, args.reference_model)
-    result = run_phonons(model, load_structures(args.structures), settings, reference, args.out)
+def summary(model: ModelOptions, settings: PhononSettings, result: dict, out: Path | None) -> str:
+    """The command's one line: frequencies, imaginary modes, ASR, errors."""
+    reference = reference_options(model, settings.reference_model)
     m = result["metrics"]
-    print(
+    return (
         f"phonons {model.describe()}: {m['phonon/num_structures']} structures, max freq "
         f"{m['phonon/max_freq_THz']:.3f} THz, imaginary modes {m['phonon/num_imaginary']}, "
         f"ASR violation (raw) {m['phonon/asr_violation']:.2e} eV/A^2, freq MAE "
         f"{m['phonon/freq_mae_THz']:.2e} THz vs {reference.describe() if reference else 'none'} "
-        f"-> {args.out}"
+        f"-> {out}"
     )
-    return result
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Geometry optimisation benchmark: relax positions and cell, compare with a reference.
 
-    python -m analysis.relax --model emt --structures builtin:metals --out runs/relax \
+    python -m analysis relax --model emt --structures builtin:metals --out runs/relax \
         [--fix-symmetry [--symprec 1e-2]] [--cell-filter frechet|none] [--optimizer fire|bfgs] \
         [--fmax 0.01] [--max-steps 500] [--reference-model emt|none|FILE]
 
@@ -15,7 +15,6 @@ Writes ``DIR/results.csv`` (one row per structure), ``DIR/results.json``
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 from dataclasses import asdict, dataclass
@@ -29,17 +28,10 @@ from ase.constraints import FixSymmetry
 from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS, FIRE
 
-from analysis.calculators import (
-    ModelOptions,
-    add_model_arguments,
-    check_species,
-    load_structures,
-    model_options_from_args,
-    nanmean,
-    reference_options,
-    spacegroup,
-    write_json,
-)
+from analysis.workflows.model import REFERENCE_HELP, ModelOptions, check_species, reference_options
+from analysis.workflows.results import nanmean, write_results
+from analysis.workflows.settings import setting
+from analysis.workflows.structures import Structures, as_structures, spacegroup
 
 SYMPREC_STRICT = 1e-5
 SYMPREC_LOOSE = 1e-2
@@ -65,24 +57,23 @@ CSV_COLUMNS = (
 
 @dataclass(frozen=True)
 class RelaxSettings:
-    """How to relax.
+    """How to relax, and what to compare with; each field's help and unit are its
+    metadata (``python -m analysis relax --help`` lists them)."""
 
-    Attributes:
-        fix_symmetry: constrain to the starting space group (ASE FixSymmetry).
-        symprec: tolerance (A) FixSymmetry uses to find that group.
-        cell_filter: ``frechet`` relaxes the cell too (periodic structures only).
-        optimizer: ``fire`` or ``bfgs``.
-        fmax: force convergence threshold in eV/A (the filter's generalised
-            forces include the stress times the volume).
-        max_steps: optimiser step limit.
-    """
-
-    fix_symmetry: bool = False
-    symprec: float = 1e-2
-    cell_filter: Literal["frechet", "none"] = "frechet"
-    optimizer: Literal["fire", "bfgs"] = "fire"
-    fmax: float = 0.01
-    max_steps: int = 500
+    fix_symmetry: bool = setting(False, "constrain to the starting space group (FixSymmetry)")
+    symprec: float = setting(1e-2, "tolerance FixSymmetry uses to find the group", "A")
+    cell_filter: Literal["frechet", "none"] = setting(
+        "frechet", "frechet relaxes the cell too (periodic structures only)"
+    )
+    optimizer: Literal["fire", "bfgs"] = setting("fire", "the optimiser")
+    fmax: float = setting(
+        0.01,
+        "force convergence threshold (the cell filter's generalised forces include "
+        "the stress times the volume)",
+        "eV/A",
+    )
+    max_steps: int = setting(500, "optimiser step limit")
+    reference_model: str | None = setting(None, "the RMSD's " + REFERENCE_HELP)
 
 
 @dataclass
@@ -167,25 +158,26 @@ def _relax_all(
     return results
 
 
-def run_relax(
+def run(
     model: ModelOptions,
-    structures: list[tuple[str, Atoms]],
+    structures: Structures,
     settings: RelaxSettings,
-    reference: ModelOptions | None = None,
     out: Path | None = None,
 ) -> dict:
-    """Relax every structure with ``model`` (and ``reference``) and compare.
+    """Relax every structure with ``model`` (and the reference) and compare.
 
     Args:
         model: model and corrections to benchmark.
-        structures: (name, atoms) pairs.
-        settings: relaxation settings, shared by the reference relaxation.
-        reference: reference model; None skips the RMSD.
+        structures: (name, atoms) pairs or a structures spec.
+        settings: relaxation settings, shared by the reference relaxation;
+            ``reference_model="none"`` skips the reference and the RMSD.
         out: output directory for results.csv / results.json / metrics.json.
 
     Returns:
         ``{"settings", "rows", "metrics"}``; metrics use flat ``relax/`` names.
     """
+    structures = as_structures(structures)
+    reference = reference_options(model, settings.reference_model)
     relaxed = _relax_all(model, structures, settings)
     if reference is None:
         ref_relaxed = None
@@ -228,24 +220,24 @@ def run_relax(
             }
         )
     metrics = summarize(rows)
+    how = {k: v for k, v in asdict(settings).items() if k != "reference_model"}
     result = {
         "settings": {
             "model": model.as_dict(),
             "reference": reference.as_dict() if reference else None,
-            **asdict(settings),
+            **how,
         },
         "rows": rows,
         "metrics": metrics,
     }
     if out is not None:
+        out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "results.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        write_json(out / "results.json", result)
-        write_json(out / "metrics.json", metrics)
-    return result
+    return write_results(out, result)
 
 
 def summarize(rows: list[dict]) -> dict[str, float]:
@@ -273,53 +265,17 @@ def summarize(rows: list[dict]) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m analysis.relax", description=__doc__)
-    add_model_arguments(parser)
-    parser.add_argument("--structures", required=True, help="file or builtin:metals")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--fix-symmetry", action="store_true")
-    parser.add_argument(
-        "--symprec",
-        type=float,
-        default=1e-2,
-        help="A; tolerance FixSymmetry uses to find the group",
-    )
-    parser.add_argument("--cell-filter", choices=["frechet", "none"], default="frechet")
-    parser.add_argument("--optimizer", choices=["fire", "bfgs"], default="fire")
-    parser.add_argument("--fmax", type=float, default=0.01, help="eV/A")
-    parser.add_argument("--max-steps", type=int, default=500)
-    parser.add_argument(
-        "--reference-model",
-        default=None,
-        help="reference for the RMSD: 'emt', a model file, or 'none' "
-        "(default: the same model, conservative forces, no corrections)",
-    )
-    args = parser.parse_args(argv)
-    model = model_options_from_args(args)
-    settings = RelaxSettings(
-        fix_symmetry=args.fix_symmetry,
-        symprec=args.symprec,
-        cell_filter=args.cell_filter,
-        optimizer=args.optimizer,
-        fmax=args.fmax,
-        max_steps=args.max_steps,
-    )
-    reference = reference_options(model, args.reference_model)
-    result = run_relax(model, load_structures(args.structures), settings, reference, args.out)
+def summary(model: ModelOptions, settings: RelaxSettings, result: dict, out: Path | None) -> str:
+    """The command's one line: convergence, RMSD and space groups kept."""
+    reference = reference_options(model, settings.reference_model)
     m = result["metrics"]
     n = m["relax/num_structures"]
-    print(
+    return (
         f"relax {model.describe()}: {n} structures, converged "
         f"{round(m['relax/converged_fraction'] * n)}/{n}, mean steps {m['relax/steps_mean']:.0f}, "
         f"RMSD mean {m['relax/rmsd_mean']:.2e} A vs "
         f"{reference.describe() if reference else 'none'}, space group kept "
         f"{round(m['relax/spacegroup_kept_fraction'] * n)}/{n} (symprec {SYMPREC_STRICT:g}), "
         f"{round(m['relax/spacegroup_kept_fraction_loose'] * n)}/{n} (symprec {SYMPREC_LOOSE:g}) "
-        f"-> {args.out}"
+        f"-> {out}"
     )
-    return result
-
-
-if __name__ == "__main__":
-    main()

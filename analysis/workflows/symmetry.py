@@ -1,6 +1,6 @@
 """Diagnostics of broken constraints: rotational error, non-conservativeness, NVE drift.
 
-    python -m analysis.symmetry --model emt --structures builtin:metals \
+    python -m analysis symmetry --model emt --structures builtin:metals \
         [--num-rotations 8] [--grid-l-max 3] [--out DIR] [--forces direct]
 
 Per structure:
@@ -24,7 +24,6 @@ Writes ``DIR/results.json`` and ``DIR/metrics.json`` (flat ``symmetry/...`` name
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,46 +37,34 @@ from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
 from numpy.typing import NDArray
 from scipy.spatial.transform import Rotation
 
-from analysis.calculators import (
-    ModelOptions,
-    add_model_arguments,
-    check_species,
-    load_structures,
-    model_options_from_args,
-    nanmean,
-    write_json,
-)
+from analysis.workflows.model import ModelOptions, check_species
+from analysis.workflows.results import nanmean, write_results
+from analysis.workflows.settings import setting
+from analysis.workflows.structures import Structures, as_structures
 from train.corrections import RotationalAverage, transform_atoms
 
 
 @dataclass(frozen=True)
 class SymmetrySettings:
-    """Diagnostic settings.
+    """Diagnostic settings; each field's help and unit are its metadata
+    (``python -m analysis symmetry --help`` lists them)."""
 
-    Attributes:
-        num_rotations: random rotations for the rotational error (plus identity).
-        grid_l_max: l_max of the grid whose std is reported; None skips it.
-        fd_step: finite-difference step (A) for the force Jacobian; large enough
-            for float32 models, small enough for O(step^2) truncation to stay ~1e-5.
-        jacobian_atoms: size of the atom block whose Jacobian is measured.
-        min_atoms: working-cell size for the Jacobian and MD.
-        rattle: Gaussian rattle (A) of the working cell.
-        md_steps: velocity-Verlet steps; 0 skips MD.
-        md_timestep: fs.
-        md_temperature: initial Maxwell-Boltzmann temperature in K.
-        seed: seed for rotations, rattle and velocities.
-    """
-
-    num_rotations: int = 8
-    grid_l_max: int | None = 3
-    fd_step: float = 5e-3
-    jacobian_atoms: int = 8
-    min_atoms: int = 32
-    rattle: float = 0.02
-    md_steps: int = 200
-    md_timestep: float = 1.0
-    md_temperature: float = 300.0
-    seed: int = 0
+    num_rotations: int = setting(8, "random rotations for the rotational error (plus identity)")
+    grid_l_max: int | None = setting(
+        3, "l_max of the grid whose std is reported; -1 skips it", none_at_or_below=-1
+    )
+    # Large enough for float32 models, small enough for the O(step^2)
+    # truncation to stay ~1e-5.
+    fd_step: float = setting(5e-3, "finite-difference step of the force Jacobian", "A")
+    jacobian_atoms: int = setting(
+        8, "atoms in the block whose Jacobian is measured; 0 skips lambda"
+    )
+    min_atoms: int = setting(32, "atoms of the working cell for the Jacobian and MD")
+    rattle: float = setting(0.02, "Gaussian rattle of the working cell", "A")
+    md_steps: int = setting(200, "velocity-Verlet steps; 0 skips the NVE run")
+    md_timestep: float = setting(1.0, "MD time step", "fs")
+    md_temperature: float = setting(300.0, "initial Maxwell-Boltzmann temperature", "K")
+    seed: int = setting(0, "seed for rotations, rattle and velocities")
 
 
 def _predict(calc: Calculator, atoms: Atoms) -> dict[str, NDArray | float]:
@@ -306,19 +293,27 @@ METRIC_KEYS = (
 )
 
 
-def run_symmetry(
+def run(
     model: ModelOptions,
-    structures: list[tuple[str, Atoms]],
+    structures: Structures,
     settings: SymmetrySettings,
     out: Path | None = None,
 ) -> dict:
     """Diagnostics for every structure; metrics are means over structures.
+
+    Args:
+        model: model and corrections to diagnose.
+        structures: (name, atoms) pairs or a structures spec; labels (energies,
+            forces) are read from the structures' attached calculators.
+        settings: diagnostic settings.
+        out: output directory for results.json and metrics.json.
 
     Returns:
         ``{"settings", "structures": {name: diagnostics}, "metrics"}`` with flat
         ``symmetry/<key>`` metric names (energies per atom in eV, forces eV/A,
         stress eV/A^3).
     """
+    structures = as_structures(structures)
     calc = model.build()
     plain_calc = model.plain().build() if settings.grid_l_max is not None else None
     per_structure = {}
@@ -333,50 +328,16 @@ def run_symmetry(
         "structures": per_structure,
         "metrics": metrics,
     }
-    if out is not None:
-        write_json(out / "results.json", result)
-        write_json(out / "metrics.json", metrics)
-    return result
+    return write_results(out, result)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m analysis.symmetry", description=__doc__)
-    add_model_arguments(parser)
-    parser.add_argument("--structures", required=True, help="file or builtin:metals")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--num-rotations", type=int, default=8)
-    parser.add_argument("--grid-l-max", type=int, default=3, help="-1 skips the grid std")
-    parser.add_argument("--fd-step", type=float, default=5e-3, help="A")
-    parser.add_argument("--jacobian-atoms", type=int, default=8, help="0 skips lambda")
-    parser.add_argument("--min-atoms", type=int, default=32)
-    parser.add_argument("--md-steps", type=int, default=200, help="0 skips the NVE run")
-    parser.add_argument("--md-timestep", type=float, default=1.0, help="fs")
-    parser.add_argument("--md-temperature", type=float, default=300.0, help="K")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    model = model_options_from_args(args)
-    settings = SymmetrySettings(
-        num_rotations=args.num_rotations,
-        grid_l_max=args.grid_l_max if args.grid_l_max >= 0 else None,
-        fd_step=args.fd_step,
-        jacobian_atoms=args.jacobian_atoms,
-        min_atoms=args.min_atoms,
-        md_steps=args.md_steps,
-        md_timestep=args.md_timestep,
-        md_temperature=args.md_temperature,
-        seed=args.seed,
-    )
-    result = run_symmetry(model, load_structures(args.structures), settings, args.out)
+def summary(model: ModelOptions, settings: SymmetrySettings, result: dict, out: Path | None) -> str:
+    """The command's one line: rotational error, label error, lambda, NVE drift."""
     m = result["metrics"]
-    print(
+    return (
         f"symmetry {model.describe()}: rot error forces {m['symmetry/rot_error_forces']:.2e} eV/A "
         f"(grid std {m['symmetry/grid_std_forces']:.2e}), force MAE vs labels "
         f"{m['symmetry/force_mae']:.2e} eV/A, lambda {m['symmetry/lambda']:.2e}, NVE drift "
         f"{m['symmetry/nve_drift_meV_per_atom_per_ps']:.2e} meV/atom/ps"
-        + (f" -> {args.out}" if args.out else "")
+        + (f" -> {out}" if out else "")
     )
-    return result
-
-
-if __name__ == "__main__":
-    main()

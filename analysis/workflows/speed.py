@@ -1,6 +1,6 @@
 """Inference speed vs system size, with and without inference-time corrections.
 
-    python -m analysis.speed --model emt [--sizes 64 256 1024] [--rot-l-max 3] \
+    python -m analysis speed --model emt [--sizes 64 256 1024] [--rot-l-max 3] \
         [--repeats 3] [--out DIR] [--compare MACE_MODEL ...]
 
 Times energy + forces (+ stress) on rattled fcc supercells of each size for
@@ -18,9 +18,9 @@ Writes ``DIR/results.json`` and ``DIR/metrics.json`` with flat names
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +28,33 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.calculator import Calculator
 
-from analysis.calculators import (
-    ModelOptions,
-    check_species,
-    write_json,
-)
+from analysis.workflows.memory import peak_memory
+from analysis.workflows.model import ModelOptions, check_species
+from analysis.workflows.results import write_results
+from analysis.workflows.settings import setting
+from analysis.workflows.structures import Structures, as_structures
 from train.corrections import rotation_grid
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """What to time; each field's help and unit are its metadata
+    (``python -m analysis speed --help`` lists them)."""
+
+    sizes: tuple[int, ...] = setting(
+        (64, 256, 1024), "atoms of each fcc supercell timed (multiples of 4)"
+    )
+    rot_l_max: tuple[int, ...] = setting(
+        (3,), "l_max of each rotational-averaging grid timed (none given: no averaging)", nargs="*"
+    )
+    repeats: int = setting(3, "timed calls per configuration and size (the median is kept)")
+    element: str = setting("Cu", "element of the fcc supercells")
+    compare: tuple[str, ...] = setting(
+        (),
+        "other model files timed plain at the same sizes (e.g. mace of matched size)",
+        metavar="MODEL",
+        nargs="*",
+    )
 
 
 def fcc_supercell(num_atoms: int, element: str = "Cu", rattle: float = 0.01) -> Atoms:
@@ -86,8 +107,6 @@ def time_calculator(calc: Calculator, atoms: Atoms, repeats: int = 3) -> dict[st
     # call so that sampling does not slow the timed ones.
     import torch
 
-    from analysis.bench_models import peak_memory
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return {
         "seconds": seconds,
@@ -135,17 +154,14 @@ def _num_params(configs: dict[str, ModelOptions]) -> dict[str, int]:
     return {name: counts[o.spec] for name, o in configs.items() if o.spec in counts}
 
 
-def run_speed(
+def run(
     model: ModelOptions,
-    sizes: list[int],
-    rot_l_max: list[int],
-    repeats: int = 3,
-    element: str = "Cu",
+    structures: Structures | None,
+    settings: SpeedSettings,
     out: Path | None = None,
-    compare: list[str] | None = None,
     configs: dict[str, ModelOptions] | None = None,
 ) -> dict:
-    """Time every configuration at every size.
+    """Time every configuration on every cell.
 
     ``cost_vs_plain`` is relative to the first configuration (the plain model,
     direct forces for a model file); ``cost_vs_plain_per_rotation`` of an averaged
@@ -153,30 +169,44 @@ def run_speed(
     model and force mode when one was timed before it, else to the first.
 
     Args:
-        compare: other model files (e.g. a mace of matched size) timed plain
-            next to the configurations, named ``<family>-<size>``.
+        model: the model; its corrections are ignored, the configurations are
+            what this workflow times.
+        structures: cells to time, or None for fcc supercells of
+            ``settings.sizes`` atoms (metrics ``speed/<config>/n<size>/...``;
+            for given cells ``speed/<config>/<name>/...``).
+        settings: sizes, averaging grids, repeats, element, compared models.
+        out: output directory for results.json and metrics.json.
         configs: named configurations to time instead of :func:`speed_configs`
-            (``model`` and ``rot_l_max`` are then only recorded).
+            (``model`` and ``settings.rot_l_max`` are then only recorded).
 
     Returns:
-        ``{"settings", "timings": {config: {size: timing}}, "metrics"}``.
+        ``{"settings", "timings": {config: {size or name: timing}}, "metrics"}``.
     """
+    sizes, rot_l_max = list(settings.sizes), list(settings.rot_l_max)
     configs = dict(configs) if configs is not None else speed_configs(model, rot_l_max)
-    for spec in compare or []:
+    for spec in settings.compare:
         name = model_label(spec)
         while name in configs:
             name += "+"
         configs[name] = ModelOptions(spec=spec)
-    timings: dict[str, dict[int, dict[str, float]]] = {}
+    # (key in timings, key in metric names, name in errors, atoms)
+    if structures is None:
+        element = settings.element
+        cells = [
+            (size, f"n{size}", f"fcc {element} x{size}", fcc_supercell(size, element))
+            for size in sizes
+        ]
+    else:
+        cells = [(name, name, name, atoms) for name, atoms in as_structures(structures)]
+    timings: dict[str, dict[int | str, dict[str, float]]] = {}
     metrics: dict[str, float] = {}
-    for size in sizes:
-        atoms = fcc_supercell(size, element)
+    for key_of_cell, label, where, atoms in cells:
         first_seconds = math.nan
         uncorrected: dict[tuple, float] = {}  # (model, force mode) -> seconds
         for name, options in configs.items():
             calc = options.build()
-            check_species(calc, atoms, f"fcc {element} x{size}", options.spec)
-            timing = time_calculator(calc, atoms, repeats)
+            check_species(calc, atoms, where, options.spec)
+            timing = time_calculator(calc, atoms, settings.repeats)
             if math.isnan(first_seconds):
                 first_seconds = timing["seconds"]
             key = (options.spec, options.forces)
@@ -188,65 +218,43 @@ def run_speed(
                 own = uncorrected.get(key, first_seconds)
                 timing["num_rotations"] = num_rot
                 timing["cost_vs_plain_per_rotation"] = timing["seconds"] / own / num_rot
-            timings.setdefault(name, {})[size] = timing
-            for key in (
-                "us_per_atom",
-                "atoms_per_s",
-                "cost_vs_plain",
-                "peak_memory_mb",
-                "num_rotations",
-                "cost_vs_plain_per_rotation",
-            ):
-                if key in timing:
-                    metrics[f"speed/{name}/n{size}/{key}"] = timing[key]
+            timings.setdefault(name, {})[key_of_cell] = timing
+            for metric in METRICS:
+                if metric in timing:
+                    metrics[f"speed/{name}/{label}/{metric}"] = timing[metric]
     result = {
         "settings": {
             "model": model.as_dict(),
             "sizes": sizes,
             "rot_l_max": rot_l_max,
-            "repeats": repeats,
-            "element": element,
+            "repeats": settings.repeats,
+            "element": settings.element,
             "configs": {k: v.as_dict() for k, v in configs.items()},
             "num_params": _num_params(configs),
         },
         "timings": timings,
         "metrics": metrics,
     }
-    if out is not None:
-        write_json(out / "results.json", result)
-        write_json(out / "metrics.json", metrics)
-    return result
+    return write_results(out, result)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m analysis.speed", description=__doc__)
-    # Only the model: the corrections are what this command times, all of them.
-    parser.add_argument("--model", default="emt", help="'emt' or an exported model file")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
-    parser.add_argument("--rot-l-max", type=int, nargs="*", default=[3])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--element", default="Cu")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument(
-        "--compare",
-        nargs="*",
-        default=[],
-        metavar="MODEL",
-        help="other model files timed plain at the same sizes (e.g. mace of matched size)",
-    )
-    args = parser.parse_args(argv)
-    model = ModelOptions(spec=args.model)
-    result = run_speed(
-        model, args.sizes, args.rot_l_max, args.repeats, args.element, args.out, args.compare
-    )
-    for name, by_size in result["timings"].items():
+METRICS = (
+    "us_per_atom",
+    "atoms_per_s",
+    "cost_vs_plain",
+    "peak_memory_mb",
+    "num_rotations",
+    "cost_vs_plain_per_rotation",
+)
+
+
+def summary(model: ModelOptions, settings: SpeedSettings, result: dict, out: Path | None) -> str:
+    """The command's lines: time per atom of each configuration at each size."""
+    lines = []
+    for name, by_cell in result["timings"].items():
         cells = ", ".join(
             f"n={n}: {t['us_per_atom']:.1f} us/atom (x{t['cost_vs_plain']:.2f})"
-            for n, t in by_size.items()
+            for n, t in by_cell.items()
         )
-        print(f"speed {model.spec} {name}: {cells}")
-    return result
-
-
-if __name__ == "__main__":
-    main()
+        lines.append(f"speed {model.spec} {name}: {cells}")
+    return "\n".join(lines)

@@ -1,6 +1,6 @@
 """The practical tests of one trained model, for each way of running it.
 
-    python -m analysis.practical --model RUN/model.pt --test-data SHARD_DIR --out DIR
+    python -m analysis practical --model RUN/model.pt --test-data SHARD_DIR --out DIR
         [--variants direct direct-rot3 conservative conservative-rot3] [--quick]
 
 A *variant* is a force mode plus optional rotational averaging:
@@ -27,23 +27,45 @@ running the command again only does what is missing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
-import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from analysis.calculators import ModelOptions, load_structures, write_json
+from analysis.workflows import phonons, relax, speed, symmetry
+from analysis.workflows.model import ModelOptions
+from analysis.workflows.settings import setting
+from analysis.workflows.structures import Structures, as_structures, load_structures
+from data_pipelines.atomic import write_json
 
 VARIANT = re.compile(r"^(direct|conservative)(?:-rot(\d+)(i?))?$")
 RELAX_SETS = ("builtin:metals", "builtin:prototypes")
 QUICK_RELAX = ("builtin:cu-fcc", "builtin:cu-hcp")
 PHONON_NAMES = ("cu-fcc", "al-fcc", "ni-fcc", "au-fcc", "cu3au-l12")
+
+
+@dataclass(frozen=True)
+class PracticalSettings:
+    """Which variants and how much of each test; each field's help is its metadata
+    (``python -m analysis practical --help`` lists them)."""
+
+    test_data: str = setting(help="shard directory with a test split (labels are EMT's)")
+    variants: tuple[str, ...] = setting(
+        ("direct", "direct-rot3", "conservative", "conservative-rot3"),
+        "force mode with an optional -rotL[i]: direct, conservative-rot3, direct-rot2i",
+    )
+    num_test: int = setting(200, "test structures for the label errors")
+    speed_atoms: int = setting(256, "atoms of the fcc cell the variants are timed on")
+    quick: bool = setting(False, "fewer structures and steps (tests)")
+
+    def __post_init__(self) -> None:
+        for variant in self.variants:
+            parse_variant(variant, "")
 
 
 def parse_variant(spec: str, model: str) -> ModelOptions:
@@ -116,11 +138,6 @@ def evaluate_variant(
     quick: bool = False,
 ) -> dict[str, float]:
     """Every workflow for one variant; returns the merged flat metrics."""
-    from analysis.phonons import PhononSettings, run_phonons
-    from analysis.relax import RelaxSettings, run_relax
-    from analysis.symmetry import SymmetrySettings, run_symmetry
-
-    emt = ModelOptions(spec="emt")
     target = out / name
     metrics: dict[str, float] = {}
     t0 = time.time()
@@ -129,15 +146,14 @@ def evaluate_variant(
     )
     relax_sets = QUICK_RELAX if quick else RELAX_SETS
     relax_structures = [p for spec in relax_sets for p in load_structures(spec)]
-    settings = RelaxSettings(fmax=0.01, max_steps=30 if quick else 300)
+    settings = relax.RelaxSettings(fmax=0.01, max_steps=30 if quick else 300, reference_model="emt")
     for part, fix in (("relax", False), ("relax-fixsym", True)):
         part_metrics = _cached(
             target / part / "metrics.json",
-            lambda fix=fix, part=part: run_relax(
+            lambda fix=fix, part=part: relax.run(
                 options,
                 relax_structures,
-                RelaxSettings(**{**settings.__dict__, "fix_symmetry": fix}),
-                reference=emt,
+                replace(settings, fix_symmetry=fix),
                 out=target / part,
             )["metrics"],
         )
@@ -147,16 +163,15 @@ def evaluate_variant(
     metrics.update(
         _cached(
             target / "phonons" / "metrics.json",
-            lambda: run_phonons(
+            lambda: phonons.run(
                 options,
                 phonon_structures,
-                PhononSettings(relax_fmax=1e-3, mesh=(8, 8, 8)),
-                reference=emt,
+                phonons.PhononSettings(relax_fmax=1e-3, mesh=(8, 8, 8), reference_model="emt"),
                 out=target / "phonons",
             )["metrics"],
         )
     )
-    sym_settings = SymmetrySettings(
+    sym_settings = symmetry.SymmetrySettings(
         num_rotations=2 if quick else 8,
         grid_l_max=1 if quick else 3,
         jacobian_atoms=2 if quick else 8,
@@ -166,7 +181,7 @@ def evaluate_variant(
     metrics.update(
         _cached(
             target / "symmetry" / "metrics.json",
-            lambda: run_symmetry(
+            lambda: symmetry.run(
                 options, tests[: 1 if quick else 4], sym_settings, out=target / "symmetry"
             )["metrics"],
         )
@@ -215,51 +230,56 @@ def table(results: dict[str, dict]) -> str:
 
 
 def speed_for_variants(model: str, variants: dict[str, ModelOptions], size: int, out: Path):
-    """``analysis.speed`` over the variants at one size (kept in ``out/speed``)."""
-    from analysis.speed import run_speed
-
+    """The speed workflow over the variants at one size (kept in ``out/speed``)."""
     path = out / "speed" / "metrics.json"
     if path.is_file():
         return json.loads(path.read_text())
-    return run_speed(ModelOptions(spec=model), [size], [], out=out / "speed", configs=variants)[
+    settings = speed.SpeedSettings(sizes=(size,), rot_l_max=())
+    return speed.run(ModelOptions(spec=model), None, settings, out / "speed", configs=variants)[
         "metrics"
     ]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(
-        prog="python -m analysis.practical",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def run(
+    model: ModelOptions,
+    structures: Structures | None,
+    settings: PracticalSettings,
+    out: Path,
+) -> dict:
+    """Every practical test of ``model`` for each variant, and the summary table.
+
+    Args:
+        model: the exported model file (only its spec is used; the variants
+            choose force mode and averaging).
+        structures: labelled test structures, or None for the first
+            ``settings.num_test`` of the test split of ``settings.test_data``.
+        settings: variants and test sizes.
+        out: directory for every part, DIR/results.json and DIR/table.md.
+
+    Returns:
+        ``{"model", "variants": {variant: metrics}, "rotational_error_drop"}``.
+
+    Raises:
+        FileNotFoundError: the model file is missing.
+    """
+    if not Path(model.spec).is_file():
+        raise FileNotFoundError(f"model file {model.spec!r} not found (an exported model.pt)")
+    out = Path(out)
+    variants = {v: parse_variant(v, model.spec) for v in settings.variants}
+    tests = (
+        load_test_structures(settings.test_data, settings.num_test)
+        if structures is None
+        else as_structures(structures)
     )
-    p.add_argument("--model", required=True, help="an exported model file (RUN/model.pt)")
-    p.add_argument("--test-data", required=True, help="shard directory with a test split")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument(
-        "--variants",
-        nargs="+",
-        default=["direct", "direct-rot3", "conservative", "conservative-rot3"],
-    )
-    p.add_argument("--num-test", type=int, default=200, help="test structures for the labels")
-    p.add_argument("--speed-atoms", type=int, default=256)
-    p.add_argument("--quick", action="store_true", help="fewer structures and steps (tests)")
-    args = p.parse_args(argv)
-    if not Path(args.model).is_file():
-        p.error(f"--model {args.model}: no such file")
-    try:
-        variants = {v: parse_variant(v, args.model) for v in args.variants}
-    except ValueError as err:
-        p.error(str(err))
-    tests = load_test_structures(args.test_data, args.num_test)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     results = {
-        name: evaluate_variant(name, options, args.out, tests, args.quick)
+        name: evaluate_variant(name, options, out, tests, settings.quick)
         for name, options in variants.items()
     }
-    speed = speed_for_variants(args.model, variants, args.speed_atoms, args.out)
+    timed = speed_for_variants(model.spec, variants, settings.speed_atoms, out)
     for name in results:
         for key in ("us_per_atom", "peak_memory_mb", "num_rotations", "cost_vs_plain_per_rotation"):
-            found = speed.get(f"speed/{name}/n{args.speed_atoms}/{key}")
+            found = timed.get(f"speed/{name}/n{settings.speed_atoms}/{key}")
             if found is not None:
                 results[name][f"speed/{key}"] = found
     drops = {}
@@ -269,8 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
             before = results[plain]["symmetry/rot_error_forces"]
             after = results[name]["symmetry/rot_error_forces"]
             drops[name] = before / after if after > 0 else math.inf
-    summary = {"model": args.model, "variants": results, "rotational_error_drop": drops}
-    write_json(args.out / "results.json", summary)
+    result = {"model": model.spec, "variants": results, "rotational_error_drop": drops}
+    write_json(out / "results.json", result)
     text = table(results)
     if drops:
         text += (
@@ -278,12 +298,10 @@ def main(argv: list[str] | None = None) -> dict:
             + ", ".join(f"{k} {v:.0f}x" for k, v in drops.items())
             + "\n"
         )
-    (args.out / "table.md").write_text(text)
-    print(text)
-    print(f"-> {args.out / 'table.md'}")
-    return summary
+    (out / "table.md").write_text(text)
+    return result
 
 
-if __name__ == "__main__":
-    main()
-    sys.exit(0)
+def summary(model: ModelOptions, settings: PracticalSettings, result: dict, out: Path) -> str:
+    """The command's output: the summary table and where it is."""
+    return (Path(out) / "table.md").read_text() + f"\n-> {Path(out) / 'table.md'}"
