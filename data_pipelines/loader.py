@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_pipelines.batching import AtomBudgetBatcher, collate, make_graph
 from data_pipelines.dataset import Dataset, open_dataset
-from data_pipelines.schema import Structure
+from data_pipelines.schema import DataError, Structure
 from data_pipelines.subsets import subset_u
 
 # isort: split
@@ -123,6 +123,9 @@ class LoaderConfig:
         dtype: float dtype of the batch tensors.
         subset_threshold: keep only structures with subset_u(id) <= this
             (data_pipelines.subsets; None keeps all).
+        verify_checksums: check each shard against its manifest sha256 as it
+            is read, before any of its structures are used. On by default;
+            turning it off trades that guarantee for about one hash per byte.
     """
 
     root: str | Dataset
@@ -137,6 +140,7 @@ class LoaderConfig:
     num_workers: int = 0
     dtype: str = "float64"
     subset_threshold: float | None = None
+    verify_checksums: bool = True
 
 
 def worker_stream(
@@ -154,7 +158,7 @@ def worker_stream(
     workers = max(num_workers, 1)
     g = rank * workers + worker
     plan = plan_epoch(split_info, cfg.seed, epoch, g, world_size * workers, cfg.shuffle)
-    stream: Iterator[Structure] = iter_plan(data, plan, verify=False)
+    stream: Iterator[Structure] = iter_plan(data, plan, verify=cfg.verify_checksums)
     if cfg.subset_threshold is not None and cfg.subset_threshold < 1.0:
         thr = cfg.subset_threshold
         stream = (s for s in stream if subset_u(s.source_id) <= thr)
@@ -199,13 +203,20 @@ class ShardStream(IterableDataset):
         graphs = (make_graph(s, self.cfg.cutoff) for s in stream)
         batcher = AtomBudgetBatcher(self.cfg.max_atoms, self.cfg.max_edges, self.cfg.max_structures)
         dtype = _DTYPES[self.cfg.dtype]
-        for group in batcher(graphs):
-            consumed += len(group)
-            batch = collate(group, dtype)
-            batch["_worker"] = worker
-            batch["_consumed"] = consumed
-            batch["_epoch"] = self.epoch
-            yield batch
+        try:
+            for group in batcher(graphs):
+                consumed += len(group)
+                batch = collate(group, dtype)
+                batch["_worker"] = worker
+                batch["_consumed"] = consumed
+                batch["_epoch"] = self.epoch
+                yield batch
+        except DataError as err:
+            if info is None:
+                raise
+            # DataLoader re-raises worker errors as RuntimeError (DataError needs
+            # four arguments); sent as data, it reaches the caller as itself.
+            yield {"_error": [err.file, err.record, err.field, err.reason]}
 
 
 @dataclass
@@ -275,6 +286,8 @@ class StreamingLoader:
         for batch in loader:
             if batch.get("_sentinel"):
                 continue
+            if "_error" in batch:
+                raise DataError(*batch["_error"])
             worker = batch.pop("_worker")
             self.state.consumed[worker] = batch.pop("_consumed")
             self.state.batches += 1

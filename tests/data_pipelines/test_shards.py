@@ -173,3 +173,42 @@ def test_bad_pack_bytes_name_the_member():
         decode_pack(encode_pack(emt_structures(2))[:-40], "x.tar:k2")
     with pytest.raises(DataError):
         list(iter_shard_packs(io.BytesIO(b"garbage" * 100), "bad.tar"))
+
+
+def _flip_a_position_byte(root, manifest, split, index):
+    """Changes one byte of a stored position of the shard (same size, still decodes)."""
+    shard = manifest["splits"][split]["shards"][index]
+    path = root / shard["file"]
+    first = next(iter(open_dataset(str(root)).read_shard(shard, 0, 1, verify=False)))
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(first.positions.tobytes())
+    assert at > 0
+    data[at] ^= 0x01  # lowest mantissa byte: a plausible, wrong position
+    path.write_bytes(bytes(data))
+    return shard
+
+
+def test_loader_checks_each_shard_before_using_it(tmp_path, structures):
+    root = tmp_path / "ds"
+    manifest = write_dataset(structures, root, shard_size=16, pack_size=4,
+                             splits={"train": 1.0})
+    shard = _flip_a_position_byte(root, manifest, "train", 1)
+    before = (root / shard["file"]).stat().st_size
+    assert before == shard["bytes"]  # same size: only a checksum can tell
+    cfg = LoaderConfig(root=str(root), cutoff=4.0, max_atoms=40, shuffle=False)
+    bad_ids = {s.source_id for s in open_dataset(str(root)).read_shard(shard, verify=False)}
+    seen: list[str] = []
+    with pytest.raises(DataError) as err:
+        for batch in StreamingLoader(cfg):
+            seen.extend(batch[K.IDS])
+    msg = str(err.value)
+    assert "train/shard-000001.tar" in msg and "sha256" in msg
+    assert f"python -m data_pipelines.inspect {root} --verify" in msg and "reconvert" in msg
+    assert seen and not bad_ids & set(seen)  # nothing of the changed shard was used
+    for workers in (2,):  # the check runs inside DataLoader workers too
+        with pytest.raises(DataError, match="shard-000001.tar.*sha256"):
+            list(StreamingLoader(LoaderConfig(root=str(root), cutoff=4.0, max_atoms=40,
+                                              num_workers=workers)))
+    off = LoaderConfig(root=str(root), cutoff=4.0, max_atoms=40, shuffle=False,
+                       verify_checksums=False)  # an explicit opt-out streams it
+    assert sum(len(b[K.IDS]) for b in StreamingLoader(off)) == len(structures)
