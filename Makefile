@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 demo: $(STAMP)
-	$(PY) -m analysis.demo --out runs/demo
+	$(PY) -m slurm.demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,21 +1,25 @@
 """Evaluation stages: practical workflows run on each trained model of a study.
 
 A study may list stages under ``study.evaluate``; each names a workflow of
-``analysis/`` and its command-line arguments (everything but ``--model`` and
-``--out``, which the stage fills in)::
+``analysis.workflows`` and its settings: the fields of the workflow's settings
+dataclass, the model corrections it takes and, for workflows that take
+structures, ``structures`` (a file or ``builtin:NAME``)::
 
     study:
       evaluate:
-        - {name: relax, workflow: relax, args: [--structures, builtin:metals]}
+        - {name: relax, workflow: relax, settings: {structures: "builtin:metals"}}
         - {name: relax-rot3, workflow: relax,
-           args: [--structures, builtin:metals, --rotational-average, "3"]}
+           settings: {structures: "builtin:metals", rotational_average: 3}}
 
-After a run finishes training, in the same job (or in-process with
-``cluster=local``), every stage whose result is missing runs on RUN/model.pt:
-the workflow writes its files to ``RUN/eval/<name>/`` and its metrics go to
-``RUN/eval/<name>.json`` as ``<name>/<metric>`` (the workflow's own prefix
-replaced by the stage name), where ``python -m analysis.scaling`` reads them,
-so every downstream metric gets a scaling curve like the validation errors.
+The settings are checked against the dataclass when the study is loaded, so a
+misspelt setting stops the sweep before any training, naming the closest
+valid one. After a run finishes training, in the same job (or in-process with
+``cluster=local``), every stage whose result is missing calls the workflow's
+``run()`` on RUN/model.pt: the workflow writes its files to
+``RUN/eval/<name>/`` and its metrics go to ``RUN/eval/<name>.json`` as
+``<name>/<metric>`` (the workflow's own prefix replaced by the stage name),
+where ``python -m analysis scaling`` reads them, so every downstream metric
+gets a scaling curve like the validation errors.
 
 A failing stage writes ``RUN/eval/<name>.error.txt`` and does not stop the
 other stages or the study; re-running the sweep retries it.
@@ -23,8 +27,6 @@ other stages or the study; re-running the sweep retries it.
 
 from __future__ import annotations
 
-import importlib
-import json
 import re
 import time
 import traceback
@@ -32,48 +34,78 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-WORKFLOWS = {
-    "relax": "analysis.relax",
-    "phonons": "analysis.phonons",
-    "symmetry": "analysis.symmetry",
-    "speed": "analysis.speed",
-}
+from data_pipelines.atomic import write_json
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_KEYS = ("name", "workflow", "settings")
+
+
+def _workflows() -> dict:
+    # imported on first use: a study without stages (and slurm.status) needs no
+    # phonopy, ASE optimisers or train.corrections
+    from analysis.workflows.registry import STAGE_WORKFLOWS
+
+    return STAGE_WORKFLOWS
 
 
 @dataclass
 class Stage:
-    """One evaluation stage: ``workflow`` run with ``args`` on each trained model."""
+    """One evaluation stage: ``workflow`` run with ``settings`` on each trained model.
+
+    ``settings`` is kept as the mapping the study gave (checked when the stage
+    was made), so a stage stays plain data for study.json and for the job.
+    """
 
     name: str
     workflow: str
-    args: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_mapping(cls, raw: Any, where: str = "study.evaluate") -> Stage:
-        """Validates one entry of ``study.evaluate``.
+        """Validates one entry of ``study.evaluate``, its settings included.
 
         Raises:
             ValueError: naming the entry and what is wrong with it.
         """
         if not isinstance(raw, dict):
-            raise ValueError(f"{where}: expected {{name, workflow, args}}, got {raw!r}")
-        unknown = set(raw) - {"name", "workflow", "args"}
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)} (name, workflow, args)")
-        workflow = str(raw.get("workflow", ""))
-        if workflow not in WORKFLOWS:
+            raise ValueError(f"{where}: expected {{name, workflow, settings}}, got {raw!r}")
+        if "args" in raw:
             raise ValueError(
-                f"{where}: workflow {workflow!r} is not one of {', '.join(sorted(WORKFLOWS))}"
+                f"{where}: 'args' (command-line arguments) is now 'settings', a mapping of "
+                "the workflow's settings, e.g. settings: {structures: builtin:metals, fmax: 0.02}"
+            )
+        unknown = sorted(set(raw) - set(_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown} ({', '.join(_KEYS)})")
+        workflows = _workflows()
+        workflow = str(raw.get("workflow", ""))
+        if workflow not in workflows:
+            raise ValueError(
+                f"{where}: workflow {workflow!r} is not one of {', '.join(sorted(workflows))}"
             )
         name = str(raw.get("name") or workflow)
         if not _NAME.match(name):
             raise ValueError(f"{where}: stage name {name!r} must be a plain file name")
-        args = [str(a) for a in (raw.get("args") or [])]
-        for reserved in ("--model", "--out"):
-            if reserved in args:
-                raise ValueError(f"{where} ({name}): {reserved} is set by the stage, drop it")
-        return cls(name=name, workflow=workflow, args=args)
+        settings = raw.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise ValueError(f"{where} ({name}): settings must be a mapping, got {settings!r}")
+        stage = cls(name=name, workflow=workflow, settings=dict(settings))
+        stage.inputs("model.pt", f"{where} ({name})")  # fails here, before any training
+        return stage
+
+    def inputs(self, model: str, where: str | None = None) -> tuple[Any, Any, Any]:
+        """The workflow's (ModelOptions, structures, settings) for the model file ``model``.
+
+        Raises:
+            ValueError: a setting that is unknown (naming the closest valid one),
+                missing or of the wrong type.
+        """
+        workflow = _workflows()[self.workflow]
+        where = where or f"stage {self.name}"
+        for reserved in ("model", "out"):
+            if reserved in self.settings:
+                raise ValueError(f"{where}: {reserved} is set by the stage, drop it")
+        return workflow.inputs(self.settings, where, model=model)
 
 
 def parse_stages(raw: list[Any] | None) -> list[Stage]:
@@ -124,22 +156,15 @@ def run_stage(run_dir: Path, stage: Stage) -> dict[str, Any]:
     errors.parent.mkdir(parents=True, exist_ok=True)
     errors.unlink(missing_ok=True)
     t0 = time.time()
-    out_dir = run_dir / "eval" / stage.name
     try:
-        module = importlib.import_module(WORKFLOWS[stage.workflow])
-        argv = ["--model", str(run_dir / "model.pt"), *stage.args, "--out", str(out_dir)]
-        module.main(argv)
-        metrics = json.loads((out_dir / "metrics.json").read_text())
-    except SystemExit as err:  # argparse rejected the stage's arguments
-        errors.write_text(f"stage {stage.name}: bad arguments {stage.args} (exit {err})\n")
-        return {"status": "failed", "error": f"bad arguments for {stage.workflow}"}
+        model, structures, settings = stage.inputs(str(run_dir / "model.pt"))
+        workflow = _workflows()[stage.workflow]
+        result = workflow.run(model, structures, settings, run_dir / "eval" / stage.name)
     except Exception as err:  # noqa: BLE001 - one stage must not stop the others
         errors.write_text(traceback.format_exc() + f"\n{type(err).__name__}: {err}\n")
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-    target = result_file(run_dir, stage)
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(stage_metrics(stage, metrics), indent=1) + "\n")
-    tmp.replace(target)  # the marker that the stage is done appears last
+    # written whole and last: the marker that the stage is done
+    write_json(result_file(run_dir, stage), stage_metrics(stage, result["metrics"]), indent=1)
     return {"status": "finished", "seconds": time.time() - t0}
 
 

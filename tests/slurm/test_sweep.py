@@ -250,9 +250,8 @@ def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_pa
         "trainer.checkpoint_every=2",
         *common,
         # an evaluation stage runs once, on the first task, inside the job
-        "study.evaluate=[{name:sym,workflow:symmetry,args:['--structures','builtin:cu-fcc',"
-        "'--num-rotations','1','--grid-l-max','-1','--jacobian-atoms','0','--md-steps','0',"
-        "'--min-atoms','4']}]",
+        "study.evaluate=[{name:sym,workflow:symmetry,settings:{structures:'builtin:cu-fcc',"
+        "num_rotations:1,grid_l_max:null,jacobian_atoms:0,md_steps:0,min_atoms:4}}]",
         check=True,
     )
     _wait(lambda: all_done(ddp), "the 2-process job to finish")
@@ -299,11 +298,11 @@ def test_local_sweep_runs_evaluation_stages_after_training(tmp_path):
     study = tmp_path / "study"
     stages = (
         "study.evaluate=["
-        "{name:relax,workflow:relax,args:['--structures','builtin:cu-fcc','--max-steps','5',"
-        "'--reference-model','none']},"
-        "{name:sym,workflow:symmetry,args:['--structures','builtin:cu-fcc','--num-rotations','2',"
-        "'--grid-l-max','1','--jacobian-atoms','0','--md-steps','0','--min-atoms','4']},"
-        "{name:broken,workflow:phonons,args:['--structures','builtin:nosuch']}]"
+        "{name:relax,workflow:relax,settings:{structures:'builtin:cu-fcc',max_steps:5,"
+        "reference_model:'none'}},"
+        "{name:sym,workflow:symmetry,settings:{structures:'builtin:cu-fcc',num_rotations:2,"
+        "grid_l_max:1,jacobian_atoms:0,md_steps:0,min_atoms:4}},"
+        "{name:broken,workflow:phonons,settings:{structures:'builtin:nosuch'}}]"
     )
     args = [
         "experiment=smoke",
@@ -346,10 +345,25 @@ def test_local_sweep_runs_evaluation_stages_after_training(tmp_path):
 def test_bad_stage_definitions_fail_before_training():
     from slurm.stages import parse_stages
 
+    metals = {"structures": "builtin:metals"}
     with pytest.raises(ValueError, match="workflow 'relx' is not one of"):
         parse_stages([{"name": "x", "workflow": "relx"}])
-    with pytest.raises(ValueError, match="--out is set by the stage"):
-        parse_stages([{"workflow": "relax", "args": ["--out", "x"]}])
+    with pytest.raises(ValueError, match="out is set by the stage"):
+        parse_stages([{"workflow": "relax", "settings": {**metals, "out": "x"}}])
+    with pytest.raises(ValueError, match=r"evaluate\[0\] \(relax\).*'fmx'.*did you mean 'fmax'"):
+        parse_stages([{"workflow": "relax", "settings": {**metals, "fmx": 0.1}}])
+    with pytest.raises(ValueError, match="'max_steps' = '5': expected int"):
+        parse_stages([{"workflow": "relax", "settings": {**metals, "max_steps": "5"}}])
+    with pytest.raises(ValueError, match="'structures' must name a file"):
+        parse_stages([{"workflow": "phonons"}])
+    with pytest.raises(ValueError, match="'args' .* is now 'settings'"):
+        parse_stages([{"workflow": "relax", "args": ["--structures", "builtin:metals"]}])
     with pytest.raises(ValueError, match="repeated"):
-        parse_stages([{"workflow": "relax"}, {"workflow": "relax"}])
+        parse_stages([{"workflow": "relax", "settings": metals}] * 2)
     assert parse_stages([{"workflow": "speed"}])[0].name == "speed"
+    (stage,) = parse_stages(
+        [{"workflow": "relax", "settings": {**metals, "rotational_average": 3, "fmax": 0.02}}]
+    )
+    model, structures, settings = stage.inputs("RUN/model.pt")
+    assert (model.spec, model.rotational_average) == ("RUN/model.pt", 3)
+    assert structures == "builtin:metals" and settings.fmax == 0.02

@@ -1,6 +1,6 @@
 """The main job: a small scaling study end to end, on data made here.
 
-    python -m analysis.demo [--out runs/demo] [--experiment demo]
+    python -m slurm.demo [--out runs/demo] [--study demo]
 
 1. builds EMT data with the built-in generator (runs/demo/data),
 2. trains the study's grid through the sweep command with cluster=local; each
@@ -23,6 +23,9 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from analysis.workflows.model import ModelOptions
+from data_pipelines.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,59 +53,67 @@ def _done(path: Path) -> bool:
 
 def evaluate_model(family: str, run_dir: Path, eval_dir: Path) -> dict:
     """Relaxation, phonons and symmetry diagnostics of one trained model."""
-    from analysis import phonons, relax, symmetry
+    from analysis.workflows import phonons, relax, symmetry
 
-    model = str(run_dir / "model.pt")
-    modes = ["direct", "conservative"] if family.endswith(("direct", "both")) else [
-        "conservative"]
+    relax_settings = relax.RelaxSettings(max_steps=150, fmax=0.02, reference_model="emt")
+    phonon_settings = phonons.PhononSettings(
+        supercell=(2, 2, 2), relax_fmax=1e-3, mesh=(8, 8, 8), reference_model="emt"
+    )
+    symmetry_settings = symmetry.SymmetrySettings(
+        num_rotations=6, jacobian_atoms=4, md_steps=60, grid_l_max=2, min_atoms=32
+    )
+    model_file = str(run_dir / "model.pt")
+    modes = ["direct", "conservative"] if family.endswith(("direct", "both")) else ["conservative"]
     out: dict[str, dict] = {}
     for mode in modes:
         tag = f"{family}/{mode}"
-        base = ["--model", model, "--forces", mode]
         # mace is exactly equivariant: averaging cannot change it. The averaged
         # variants skip the symmetry diagnostics, whose grid spread already
         # measures what averaging removes.
-        variants = [("plain", [])]
+        variants = [("plain", ModelOptions(model_file, forces=mode))]
         if family != "mace" and mode == modes[0]:
-            variants.append(("rotavg", ["--rotational-average", "2"]))
-        for name, extra in variants:
+            variants.append(("rotavg", ModelOptions(model_file, forces=mode, rotational_average=2)))
+        for name, model in variants:
             target = eval_dir / family / mode / name
-            if not _done(target / "relax" / "metrics.json"):
-                relax.main([*base, *extra, "--structures",
-                            "builtin:metals" if name == "plain" else "builtin:cu-fcc",
-                            "--out", str(target / "relax"), "--max-steps", "150",
-                            "--fmax", "0.02", "--reference-model", "emt"])
-            if not _done(target / "phonons" / "metrics.json"):
-                phonons.main([*base, *extra, "--structures", "builtin:cu-fcc", "--supercell",
-                              "2", "2", "2", "--out", str(target / "phonons"),
-                              "--relax-fmax", "1e-3", "--mesh", "8", "8", "8",
-                              "--reference-model", "emt"])
-            if name == "plain" and not _done(target / "symmetry" / "metrics.json"):
-                symmetry.main([*base, *extra, "--structures", "builtin:cu-fcc",
-                               "--out", str(target / "symmetry"), "--num-rotations", "6",
-                               "--jacobian-atoms", "4", "--md-steps", "60",
-                               "--grid-l-max", "2", "--min-atoms", "32"])
+            parts = [
+                (
+                    relax,
+                    "relax",
+                    "builtin:metals" if name == "plain" else "builtin:cu-fcc",
+                    relax_settings,
+                ),
+                (phonons, "phonons", "builtin:cu-fcc", phonon_settings),
+            ]
+            if name == "plain":
+                parts.append((symmetry, "symmetry", "builtin:cu-fcc", symmetry_settings))
+            for workflow, part, structures, settings in parts:
+                if not _done(target / part / "metrics.json"):
+                    result = workflow.run(model, structures, settings, target / part)
+                    print(workflow.summary(model, settings, result, target / part), flush=True)
             metrics = {}
             for part in ("relax", "phonons", "symmetry"):
                 if (target / part / "metrics.json").exists():
                     metrics.update(json.loads((target / part / "metrics.json").read_text()))
             out[f"{tag}/{name}"] = metrics
-            # next to the run, so `analysis.scaling --metric ...` can fit them too
-            (run_dir / "eval").mkdir(exist_ok=True)
-            (run_dir / "eval" / f"{mode}-{name}.json").write_text(json.dumps(
-                {f"{k}[{mode},{name}]" if name != "plain" or mode != modes[0] else k: v
-                 for k, v in metrics.items()}, indent=1))
+            # next to the run, so `analysis scaling --metric ...` can fit them too
+            tagged = {
+                f"{k}[{mode},{name}]" if name != "plain" or mode != modes[0] else k: v
+                for k, v in metrics.items()
+            }
+            write_json(run_dir / "eval" / f"{mode}-{name}.json", tagged, indent=1)
     return out
 
 
 def speed_ratio(run_dir: Path, eval_dir: Path) -> dict:
     """Inference time per atom of the same pet weights, direct vs conservative."""
-    from analysis import speed
+    from analysis.workflows import speed
 
     target = eval_dir / "speed"
     if not _done(target / "metrics.json"):
-        speed.main(["--model", str(run_dir / "model.pt"), "--sizes", "64", "256",
-                    "--repeats", "3", "--rot-l-max", "--out", str(target)])
+        model = ModelOptions(str(run_dir / "model.pt"))
+        settings = speed.SpeedSettings(sizes=(64, 256), repeats=3, rot_l_max=())
+        result = speed.run(model, None, settings, target)
+        print(speed.summary(model, settings, result, target), flush=True)
     return json.loads((target / "metrics.json").read_text())
 
 
@@ -125,40 +136,53 @@ def headline(report_dir: Path, speed_metrics: dict) -> list[str]:
             for key in ("alpha", "beta") if law == "ND" else ("alpha" if law == "N" else "beta",):
                 p = fit["params"].get(key)
                 if p:
-                    ci = (f" [{p['ci'][0]:.3g}, {p['ci'][1]:.3g}]" if p.get("ci")
-                          else " (no interval: too few runs)")
+                    ci = (
+                        f" [{p['ci'][0]:.3g}, {p['ci'][1]:.3g}]"
+                        if p.get("ci")
+                        else " (no interval: too few runs)"
+                    )
                     parts.append(f"{key} = {p['value']:.3g}{ci}")
             verdict = fit.get("quality", {}).get("verdict", "?")
             name = {"ND": "L(N, D)", "N": "L(N)", "D": "L(D)"}[law]
-            lines.append(f"{family}: force-error exponents {', '.join(parts)} ({name}, "
-                         f"fit {verdict})")
+            lines.append(
+                f"{family}: force-error exponents {', '.join(parts)} ({name}, fit {verdict})"
+            )
             break
+
     def per_atom(config: str) -> list[float]:
-        return [v for k, v in speed_metrics.items()
-                if k.split("/")[1:2] == [config] and k.endswith("/us_per_atom")]
+        return [
+            v
+            for k, v in speed_metrics.items()
+            if k.split("/")[1:2] == [config] and k.endswith("/us_per_atom")
+        ]
 
     direct, conservative = per_atom("direct"), per_atom("conservative")
     if direct and conservative:
         ratio = (sum(conservative) / len(conservative)) / (sum(direct) / len(direct))
-        lines.append(f"pet inference: direct forces {ratio:.2f}x faster than conservative "
-                     f"(same weights, mean over sizes)")
+        lines.append(
+            f"pet inference: direct forces {ratio:.2f}x faster than conservative "
+            f"(same weights, mean over sizes)"
+        )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m slurm.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default=str(REPO / "runs" / "demo"))
-    p.add_argument("--experiment", default="demo")
+    p.add_argument("--study", default="demo", help="a study of configs/study/")
     p.add_argument("--bootstrap", type=int, default=300)
     args = p.parse_args(argv)
     study_dir = Path(args.out).resolve()
     t0 = time.time()
 
-    banner("1-2. data and training (python -m slurm.sweep experiment=demo cluster=local)")
+    banner(f"1-2. data and training (python -m slurm.sweep study={args.study} cluster=local)")
     from slurm.sweep import sweep
 
-    sweep([f"experiment={args.experiment}", "cluster=local", f"study_dir={study_dir}"])
+    sweep([f"study={args.study}", "cluster=local", f"study_dir={study_dir}"])
     best = largest_runs(study_dir)
     if not best:
         print("no run finished; see python -m slurm.status " + str(study_dir), file=sys.stderr)
@@ -172,16 +196,21 @@ def main(argv: list[str] | None = None) -> int:
         evaluations.update(evaluate_model(family, run_dir, eval_dir))
     pet_runs = [r for f, r in best.items() if f.startswith("pet-direct")]
     speed_metrics = speed_ratio(pet_runs[0], eval_dir) if pet_runs else {}
-    (eval_dir / "evaluation.json").write_text(json.dumps(
-        {"models": {f: str(r) for f, r in best.items()}, "metrics": evaluations,
-         "speed": speed_metrics}, indent=1))
+    write_json(
+        eval_dir / "evaluation.json",
+        {
+            "models": {f: str(r) for f, r in best.items()},
+            "metrics": evaluations,
+            "speed": speed_metrics,
+        },
+        indent=1,
+    )
 
     banner("3. scaling-law fits and report (python -m analysis scaling)")
     from analysis.scaling.command import main as scaling_main
 
     report_dir = study_dir / "report"
-    scaling_main([str(study_dir), "--out", str(report_dir), "--bootstrap",
-                  str(args.bootstrap)])
+    scaling_main([str(study_dir), "--out", str(report_dir), "--bootstrap", str(args.bootstrap)])
 
     banner(f"done in {time.time() - t0:.0f} s")
     print(f"report:      {report_dir / 'report.md'}")
