@@ -237,7 +237,7 @@ def test_neighbour_list_reused_only_for_rigid_rotations():
 
 
 def test_corrections_benchmark_reports_cost_per_rotation(tmp_path):
-    from analysis import bench_corrections
+    from analysis.bench import corrections as bench_corrections
 
     out = tmp_path / "corrections.json"
     bench_corrections.main(["--out", str(out), "--sizes", "8", "--l-max", "1", "--repeats", "1"])

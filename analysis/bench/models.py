@@ -1,6 +1,6 @@
 """Inference speed of the model families on periodic Cu/Au cells.
 
-    python -m analysis.bench_models --out runs/bench/models.json [--pairs 0.1M,0.7M]
+    python -m analysis.bench.models --out runs/bench/models.json [--pairs 0.1M,0.7M]
 
 For every matched-parameter pair (PAIRS: PET direct, PET conservative with the
 same weights, and MACE, all at one cutoff) and every cell size (64 to 4096
@@ -265,7 +265,7 @@ HEAP_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m analysis.bench_models", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m analysis.bench.models", description=__doc__)
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         cli = sys.argv[1:] if argv is None else argv
         os.execve(
             sys.executable,
-            [sys.executable, "-m", "analysis.bench_models", *cli],
+            [sys.executable, "-m", "analysis.bench.models", *cli],
             {**os.environ, **HEAP_ENV},
         )
     pairs = tuple(p for p in args.pairs.split(",") if p)

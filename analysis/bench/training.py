@@ -1,6 +1,6 @@
 """Training-loop benchmark, every number against a baseline measured in this run.
 
-    python -m analysis.bench_train --out runs/bench/train.json
+    python -m analysis.bench.training --out runs/bench/train.json
 
 On the same generated shards and 2 threads: training throughput (atoms/s) of
 pet direct, pet conservative and mace at matched size; the DeepSpeed engine
@@ -130,7 +130,7 @@ def run(num_structures: int = 600, steps: int = 30, size: str = "xxs") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.bench_train", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m analysis.bench.training", description=__doc__)
     p.add_argument("--out", default="runs/bench/train.json")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--size", default="xxs")

@@ -1,6 +1,6 @@
 """Data-pipeline benchmark: conversion and streaming against ASE, in one run.
 
-    python -m analysis.bench_data --out runs/bench/data.json [--num-structures N]
+    python -m analysis.bench.data --out runs/bench/data.json [--num-structures N]
 
 Baselines measured in the same run on the same structures: `ase.io.read` of
 the extended XYZ file, and ASE's own neighbour list. Peak memory of convert
@@ -193,7 +193,7 @@ def memory_growth(num_structures: int, cutoff: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.bench_data", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m analysis.bench.data", description=__doc__)
     p.add_argument("--out", default="runs/bench/data.json")
     p.add_argument("--num-structures", type=int, default=2000)
     p.add_argument("--no-memory", action="store_true")

@@ -1,7 +1,7 @@
 """Inference-time corrections benchmark, each cost against plain inference measured
 in this run.
 
-    python -m analysis.bench_corrections --out runs/bench/corrections.json
+    python -m analysis.bench.corrections --out runs/bench/corrections.json
         [--sizes 64 256 1024] [--l-max 1 2 3] [--threads 2]
 
 Builds a pet `xxs` with direct and with gradient forces (the speed of a forward
@@ -72,7 +72,7 @@ def run_benchmark(sizes: list[int], l_max: list[int], threads: int, repeats: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m analysis.bench_corrections", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m analysis.bench.corrections", description=__doc__)
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--l-max", type=int, nargs="+", default=[1, 2, 3])

@@ -1,0 +1,80 @@
+"""make bench: every benchmark, each against a baseline measured in the same run.
+
+    python -m analysis.bench --out runs/bench [--only data,models,train,corrections]
+
+Writes OUT/<name>.json per benchmark and OUT/results.json with all of them;
+BENCHMARKS.md summarises the figures. Each runs alone too:
+``python -m analysis.bench.data`` (the data pipeline), ``.models`` (model
+inference), ``.training`` (the training loop), ``.corrections`` (inference-time
+corrections).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+# Each benchmark is imported only when it runs: the data benchmark comes first
+# and measures before torch and the models are loaded in this process.
+def _data(argv: list[str]) -> object:
+    from analysis.bench import data
+
+    return data.main(argv)
+
+
+def _models(argv: list[str]) -> object:
+    from analysis.bench import models
+
+    return models.main(argv)
+
+
+def _training(argv: list[str]) -> object:
+    from analysis.bench import training
+
+    return training.main(argv)
+
+
+def _corrections(argv: list[str]) -> object:
+    from analysis.bench import corrections
+
+    return corrections.main(argv)
+
+
+BENCHMARKS: dict[str, Callable[[list[str]], object]] = {
+    "data": _data,
+    "models": _models,
+    "train": _training,
+    "corrections": _corrections,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__)
+    p.add_argument("--out", default="runs/bench")
+    p.add_argument("--only", default=",".join(BENCHMARKS))
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    names = args.only.split(",")
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        p.error(f"--only {','.join(unknown)}: choose from {','.join(BENCHMARKS)}")
+    for name in names:
+        t0 = time.time()
+        print(f"\n== benchmark: {name}", flush=True)
+        BENCHMARKS[name](["--out", str(out / f"{name}.json")])
+        results[name] = json.loads((out / f"{name}.json").read_text())
+        results[name]["bench_seconds"] = time.time() - t0
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"\nwrote {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
