@@ -1,6 +1,7 @@
 """A study: axes expanded into named runs, a data source and a budget rule.
 
-Studies live in configs/experiment/<name>.yaml under a top-level `study:` key.
+Studies live in configs/study/<name>.yaml under a top-level `study:` key, chosen
+with `study=<name>`; configs/experiment/ holds training recipes.
 Each run becomes a list of `python -m train` overrides, so a run launched by a
 sweep is exactly a run a user could type.
 """
@@ -200,7 +201,7 @@ def expand(study: StudyConfig, study_dir: Path, data_root: str, extra: list[str]
         over += budget_over
         over += [
             f"run_dir={run_dir}",
-            f"study={study.name}",
+            f"study_name={study.name}",
             f"name={name}",
             f"logger.group={study.name}",
         ]

@@ -1,4 +1,4 @@
-"""Launch a whole study: python -m slurm.sweep experiment=<study> cluster=<preset>
+"""Launch a whole study: python -m slurm.sweep study=<study> cluster=<preset>
 study_dir=DIR [study.* overrides] [train overrides for every run]
 
 The grid is expanded into named runs under STUDY_DIR/runs/<name>/. With
@@ -23,7 +23,7 @@ from slurm.stages import missing_stages
 from slurm.study import RunSpec, StudyConfig, expand, run_state
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEP_KEYS = ("experiment", "cluster", "study_dir")
+SWEEP_KEYS = ("study", "cluster", "study_dir")
 
 
 @dataclass

@@ -144,7 +144,7 @@ class TrainConfig:
     run_dir: str | None = None
     seed: int = 0
     name: str | None = None
-    study: str | None = None
+    study_name: str | None = None  # the study a sweep run belongs to (W&B group)
     axes: dict[str, Any] = field(default_factory=dict)  # a sweep's axis values
     budget: dict[str, Any] = field(default_factory=dict)  # a sweep's budget rule
     model: ModelConfig = field(default_factory=ModelConfig)

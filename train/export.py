@@ -94,7 +94,10 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     from omegaconf import OmegaConf
 
-    cfg = to_object(OmegaConf.merge(compose([]), OmegaConf.load(run_dir / "config.yaml")))
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    if "study" in saved:  # runs made before studies became a config group
+        saved["study_name"] = saved.pop("study")
+    cfg = to_object(OmegaConf.merge(compose([]), saved))
     stats = load_stats(cfg.data.root)
     model = make_model(cfg, stats)
     ckpts = checkpoint.list_valid(run_dir / "checkpoints")

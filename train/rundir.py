@@ -101,7 +101,7 @@ def summary(
         "world_size": world_size,
         "axes": dict(cfg.axes),
         "budget": dict(cfg.budget),
-        "study": cfg.study,
+        "study": cfg.study_name,
         "seed": cfg.seed,
         "data": data,
         "model_config": model.describe(),

@@ -53,7 +53,7 @@ def status_text(study: Path) -> str:
 def test_local_sweep_isolates_failures_and_is_idempotent(tmp_path):
     study = tmp_path / "study"
     args = [
-        "experiment=smoke",
+        "study=smoke",
         "cluster=local",
         f"study_dir={study}",
         *SMALL,
@@ -159,7 +159,7 @@ def test_slurm_sweep_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
 
     study = tmp_path / "slurm-study"
     proc = sweep(
-        "experiment=smoke",
+        "study=smoke",
         "cluster=local-slurm",
         f"study_dir={study}",
         "study.budget.steps=40",
@@ -213,7 +213,7 @@ def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_pa
         "trainer.val_every=0",
     ]
     sweep(
-        "experiment=smoke",
+        "study=smoke",
         "cluster=local-slurm",
         f"study_dir={study}",
         "study.budget.steps=4",
@@ -239,7 +239,7 @@ def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_pa
 
     ddp = tmp_path / "ddp"
     sweep(
-        "experiment=smoke",
+        "study=smoke",
         "cluster=local-slurm",
         f"study_dir={ddp}",
         "cluster.tasks_per_node=2",
@@ -263,7 +263,7 @@ def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_pa
 
     again = tmp_path / "requeue"
     sweep(
-        "experiment=smoke",
+        "study=smoke",
         "cluster=local-slurm",
         f"study_dir={again}",
         "study.budget.steps=400",
@@ -305,7 +305,7 @@ def test_local_sweep_runs_evaluation_stages_after_training(tmp_path):
         "{name:broken,workflow:phonons,settings:{structures:'builtin:nosuch'}}]"
     )
     args = [
-        "experiment=smoke",
+        "study=smoke",
         "cluster=local",
         f"study_dir={study}",
         *SMALL,
