@@ -43,9 +43,20 @@ def parse_splits(text: str) -> dict[str, float]:
         if not sep:
             raise ValueError(f"--split: expected NAME=FRACTION, got '{part}'")
         out[name.strip()] = float(value)
+    check_split_names(out)
     if abs(sum(out.values()) - 1.0) > 1e-9 or any(v < 0 for v in out.values()):
         raise ValueError(f"--split fractions must be non-negative and sum to 1, got {text}")
     return out
+
+
+def check_split_names(splits: dict[str, float]) -> None:
+    """Split names become folder names and manifest paths: letters, digits, '_', '-'."""
+    for name in splits:
+        if not shards.SPLIT_NAME.fullmatch(name):
+            raise ValueError(
+                f"split name {name!r}: expected letters, digits, '_' or '-' (starting with a "
+                "letter or digit), since it names a folder and the manifest's shard paths"
+            )
 
 
 def split_of(key: str, fractions: dict[str, float], seed: int = 0) -> str:
@@ -177,6 +188,7 @@ def write_dataset(
         stats_cutoff: cutoff (A) for the mean neighbour count in stats.json.
     """
     splits = dict(splits or DEFAULT_SPLITS)
+    check_split_names(splits)
     if shard_size < 1 or pack_size < 1:
         raise ValueError("shard_size and pack_size must be positive")
     out = Path(out_dir)
@@ -294,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.inputs:
         if not Path(path).is_file():
             p.error(f"input file not found: {path}")
+    try:
+        splits = parse_splits(args.split)
+    except ValueError as err:
+        p.error(str(err))
     skipped: Counter = Counter()
 
     def on_error(err: DataError) -> None:
@@ -308,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = write_dataset(
             _read_inputs(args.inputs, args.format, options, skipped, sources),
             args.out,
-            splits=parse_splits(args.split),
+            splits=splits,
             shard_size=args.shard_size,
             pack_size=args.pack_size,
             seed=args.seed,

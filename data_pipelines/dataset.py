@@ -72,6 +72,14 @@ def _read_json(location: str, missing: str) -> dict:
         raise DataError(location, None, None, f"not valid JSON ({err})") from None
 
 
+def _read_shard_bytes(location: str) -> bytes:
+    try:
+        with open_stream(location) as fh:
+            return fh.read()
+    except OSError as err:  # a missing file, or a pipe command that failed
+        raise DataError(location, None, None, f"cannot read shard ({err})") from None
+
+
 def _bad(where: str, record: str | None, field: str | None, message: str) -> DataError:
     return DataError(
         where, record, field, message + "; the manifest was edited or not written by "
@@ -230,39 +238,42 @@ class Dataset:
         location = self.location(shard["file"])
         count = shard["num_structures"]
         pack_size = self.manifest["pack_size"]
+        if verify:
+            # Whole shard first: a changed byte must fail here, before any of its
+            # structures reach training.
+            data = _read_shard_bytes(location)
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != shard["sha256"]:
+                raise DataError(
+                    location, None, "sha256",
+                    f"checksum mismatch: the shard changed after conversion (manifest "
+                    f"{shard['sha256'][:12]}..., file {digest[:12]}...). Check the root "
+                    f"with `python -m data_pipelines.inspect {self.root} --verify` and "
+                    "reconvert the damaged data",
+                )
+            fh = io.BytesIO(data)
+        else:
+            try:
+                fh = open_stream(location)
+            except OSError as err:
+                raise DataError(location, None, None, f"cannot read shard ({err})") from None
+        seen = 0
         try:
-            fh = open_stream(location)
+            with fh:  # a pipe reports its command's failure when closed
+                for key, blob in shards.iter_shard_packs(fh, location):
+                    lo = seen
+                    if lo >= end and end < count:
+                        break  # past the range and not asked to check the shard's end
+                    size = min(pack_size, count - lo)
+                    if size <= 0:
+                        raise DataError(location, key, None, "shard holds more packs than "
+                                        f"its {count} structures (manifest) fill")
+                    seen += size
+                    if lo + size <= begin:
+                        continue  # whole pack before the range: not decoded
+                    yield lo, size, location, key, blob
         except OSError as err:
             raise DataError(location, None, None, f"cannot read shard ({err})") from None
-        seen = 0
-        with fh:
-            stream = fh
-            if verify:
-                # Whole shard first: a changed byte must fail here, before any of
-                # its structures reach training.
-                data = fh.read()
-                digest = hashlib.sha256(data).hexdigest()
-                if digest != shard["sha256"]:
-                    raise DataError(
-                        location, None, "sha256",
-                        f"checksum mismatch: the shard changed after conversion (manifest "
-                        f"{shard['sha256'][:12]}..., file {digest[:12]}...). Check the root "
-                        f"with `python -m data_pipelines.inspect {self.root} --verify` and "
-                        "reconvert the damaged data",
-                    )
-                stream = io.BytesIO(data)
-            for key, blob in shards.iter_shard_packs(stream, location):
-                lo = seen
-                if lo >= end and end < count:
-                    break  # past the range and not asked to check the shard's end
-                size = min(pack_size, count - lo)
-                if size <= 0:
-                    raise DataError(location, key, None, f"shard holds more packs than its "
-                                    f"{count} structures (manifest) fill")
-                seen += size
-                if lo + size <= begin:
-                    continue  # whole pack before the range: not decoded
-                yield lo, size, location, key, blob
         if seen < min(count, end):
             raise DataError(
                 location, None, None, f"shard is truncated: {seen} of {count} structures present"
