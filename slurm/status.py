@@ -55,7 +55,7 @@ def study_status(study_dir: str | Path) -> list[dict]:
             lines = (run_dir / "error.txt").read_text().strip().splitlines()
             detail = lines[-1] if lines else ""
         elif name in jobs and state != "finished":
-            from slurm.cluster import job_state
+            from slurm.slurmctl import job_state
 
             slurm_state = job_state(jobs[name])
             if slurm_state in ("PENDING", "REQUEUED", "CONFIGURING"):

@@ -19,8 +19,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from data_pipelines.atomic import write_text
 from slurm.stages import missing_stages
 from slurm.study import RunSpec, StudyConfig, expand, run_state
+from slurm.study_data import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_KEYS = ("study", "cluster", "study_dir")
@@ -60,45 +62,6 @@ def compose_sweep(args: list[str]) -> tuple[SweepConfig, list[str]]:
     return OmegaConf.to_object(merged), train_args
 
 
-def prepare_data(study: StudyConfig, study_dir: Path) -> str:
-    """The study's shard directory: given, or generated once under STUDY_DIR/data."""
-    if study.data.root:
-        return study.data.root
-    gen = dict(study.data.generate)
-    if not gen:
-        raise ValueError("the study sets neither study.data.root nor study.data.generate")
-    out = study_dir / "data"
-    if (out / "manifest.json").exists():
-        manifest = json.loads((out / "manifest.json").read_text())
-        if manifest["sources"] and manifest["sources"][0].get("options", {}).get(
-            "num_structures"
-        ) == gen.get("num_structures"):
-            return str(out)
-    from data_pipelines.convert import write_dataset
-    from data_pipelines.generate import generate_structures
-
-    n, seed = int(gen.get("num_structures", 1000)), int(gen.get("seed", 0))
-    calc = gen.get("calculator", "emt")
-    print(f"generating {n} structures ({calc}, seed {seed}) into {out}", flush=True)
-    write_dataset(
-        generate_structures(n, seed=seed, calculator=calc, num_workers=1),
-        out,
-        shard_size=int(gen.get("shard_size", 1000)),
-        seed=seed,
-        name=f"{calc}-{n}-s{seed}",
-        level_of_theory="EMT (ASE)",
-        progress=True,
-        sources=[
-            {
-                "path": f"generate:{calc}",
-                "sha256": None,
-                "options": {"calculator": calc, "num_structures": n, "seed": seed},
-            }
-        ],
-    )
-    return str(out)
-
-
 def _one_line(spec: RunSpec, result: dict, seconds: float) -> str:
     status = result.get("status", "?")
     if status == "finished":
@@ -122,7 +85,7 @@ def _one_line(spec: RunSpec, result: dict, seconds: float) -> str:
 
 
 def run_local(runs: list[RunSpec]) -> dict[str, dict]:
-    from slurm.job import train_and_evaluate
+    from slurm.task import train_and_evaluate
 
     results = {}
     for k, spec in enumerate(runs, 1):
@@ -149,14 +112,15 @@ def submit_slurm(runs: list[RunSpec], cluster_cfg, study_dir: Path, name: str) -
     path = study_dir / "jobs.json"
     known = json.loads(path.read_text()) if path.exists() else {}
     known.update(ids)
-    path.write_text(json.dumps(known, indent=1))
+    write_text(path, json.dumps(known, indent=1))
     for spec in runs:
         print(f"submitted {spec.name} as job {ids[spec.name]}")
     return ids
 
 
 def sweep(args: list[str]) -> dict:
-    from slurm.cluster import ClusterConfig, _to_plain, job_state
+    from slurm.cluster import ClusterConfig, _to_plain
+    from slurm.slurmctl import job_state
 
     cfg, train_args = compose_sweep(args)
     study = cfg.study
@@ -165,7 +129,8 @@ def sweep(args: list[str]) -> dict:
     cluster_cfg = ClusterConfig.from_mapping(_to_plain(cfg.cluster))
     data_root = prepare_data(study, study_dir)
     runs = expand(study, study_dir, data_root, train_args)
-    (study_dir / "study.json").write_text(
+    write_text(
+        study_dir / "study.json",
         json.dumps(
             {
                 "name": study.name,
@@ -177,7 +142,7 @@ def sweep(args: list[str]) -> dict:
             },
             indent=1,
             default=str,
-        )
+        ),
     )
     jobs = (
         json.loads((study_dir / "jobs.json").read_text())

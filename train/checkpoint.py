@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_pipelines.atomic import atomic_write
 from train.dist import barrier
 
 FORMAT_VERSION = 1
@@ -57,9 +58,7 @@ def save(
     barrier()
     engine.save(staging, tag)
     state = {**trainer_state, "rng": rng_state()}
-    tmp = staging / tag / f"trainer_rank{rank}.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, staging / tag / f"trainer_rank{rank}.pt")
+    atomic_write(staging / tag / f"trainer_rank{rank}.pt", lambda tmp: torch.save(state, tmp))
     barrier()
     final = root / tag
     if rank == 0:

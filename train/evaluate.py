@@ -18,6 +18,7 @@ import torch
 from ase.data import chemical_symbols
 
 from data_pipelines import schema as K
+from data_pipelines.atomic import write_text
 from data_pipelines.loader import LoaderConfig, StreamingLoader
 from train.losses import ErrorSums
 from train.trainer import check_elements, element_mask, to_device
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        write_text(args.out, text)
     print(text)
     return 0
 

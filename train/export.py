@@ -8,11 +8,12 @@ Later tools load it with `load_model` without the training config tree.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import torch
+
+from data_pipelines.atomic import atomic_write
 
 FORMAT = "mlip-scaling-model"
 VERSION = 1
@@ -45,11 +46,7 @@ def export_model(model, ema, cfg, stats: dict, path: str | Path) -> Path:
         },
         "dtype": cfg.trainer.dtype,
     }
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_model(path: str | Path, forces: str | None = None, device="cpu", dtype=None):

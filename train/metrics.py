@@ -8,6 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
+from data_pipelines.atomic import write_text
 from train.config import LoggerConfig
 
 
@@ -44,14 +45,10 @@ class MetricLogger:
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
-            self.path.write_text("".join(f"{line}\n" for line in kept))
+            kept = _rows_up_to(self.path, resume_step)
+            write_text(self.path, "".join(f"{line}\n" for line in kept))
         elif resume_step is None:
-            self.path.write_text("")
+            write_text(self.path, "")
         self._fh = open(self.path, "a")  # noqa: SIM115 - closed in close()
         if cfg.kind == "wandb":
             self.wandb = _start_wandb(Path(run_dir), cfg, run_config, name)
@@ -79,6 +76,24 @@ class MetricLogger:
             self.wandb.finish()
 
 
+def _rows_up_to(path: Path, step: int) -> list[str]:
+    """The lines of metrics.jsonl logged at or before ``step`` (the checkpoint a
+    run resumes from); a last line torn by a kill is dropped, any other
+    unreadable line is an error naming the file and line."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON row") from None
+        if row.get("step", 0) <= step:
+            kept.append(line)
+    return kept
+
+
 def _start_wandb(run_dir: Path, cfg: LoggerConfig, run_config: dict, name: str):
     import os
 
@@ -86,7 +101,7 @@ def _start_wandb(run_dir: Path, cfg: LoggerConfig, run_config: dict, name: str):
 
     id_file = run_dir / "wandb_id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
-    id_file.write_text(run_id)
+    write_text(id_file, run_id)
     os.environ.setdefault("WANDB_SILENT", "true")
     return wandb.init(
         project=cfg.project,

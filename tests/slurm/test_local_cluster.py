@@ -17,15 +17,8 @@ import cloudpickle
 import pytest
 import submitit
 
-from slurm.cluster import (
-    ClusterConfig,
-    SlurmUnavailable,
-    ensure_local_slurm,
-    job_state,
-    load_preset,
-    make_executor,
-    release_requeued,
-)
+from slurm.cluster import ClusterConfig, load_preset, make_executor
+from slurm.slurmctl import SlurmUnavailable, ensure_local_slurm, job_state, release_requeued
 
 # Jobs unpickle these functions on the SLURM side, where `tests` is not an
 # importable package: ship this module's code inside the pickles instead.

@@ -108,7 +108,7 @@ def test_local_sweep_isolates_failures_and_is_idempotent(tmp_path):
 
 @pytest.fixture(scope="module")
 def local_slurm():
-    from slurm.cluster import SlurmUnavailable, ensure_local_slurm
+    from slurm.slurmctl import SlurmUnavailable, ensure_local_slurm
 
     if os.environ.get("MLIP_SLURM_TESTS") == "0":
         pytest.skip("MLIP_SLURM_TESTS=0")
@@ -122,7 +122,7 @@ def _release_settled(job_id: str, first_seen: dict) -> None:
     """Lets a requeued job start without SLURM's 30 s hold, but only once it has
     sat pending for a few seconds: started while the old allocation is still
     being torn down, it dies with 'Job credential revoked'."""
-    from slurm.cluster import release_requeued
+    from slurm.slurmctl import release_requeued
 
     start = first_seen.setdefault(job_id, time.time())
     if time.time() - start > 5:
@@ -131,7 +131,7 @@ def _release_settled(job_id: str, first_seen: dict) -> None:
 
 def _wait_for_summary(run: Path, job_id: str) -> None:
     """Waits until a run (whose job may have been requeued) writes its summary."""
-    from slurm.cluster import job_state
+    from slurm.slurmctl import job_state
 
     seen: dict = {}
 

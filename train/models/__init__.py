@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,13 +25,20 @@ from train.models.pet import PET, PETConfig
 from train.models.presets import PRESETS, PUBLISHED_PET_PARAMETERS
 
 
+def _mace():
+    """train.models.mace, imported on first use (mace-torch takes seconds to load)."""
+    from train.models import mace
+
+    return mace
+
+
 class _Registry(Mapping):
     """Family name -> model class. mace-torch (and e3nn) take several seconds to
     import, so the mace entry is imported on first use, not with this package."""
 
     _loaders = {
         "pet": lambda: PET,
-        "mace": lambda: importlib.import_module("train.models.mace").MACEModel,
+        "mace": lambda: _mace().MACEModel,
     }
 
     def __getitem__(self, name: str) -> type[AtomisticModel]:
@@ -50,7 +56,7 @@ MODELS: Mapping[str, type[AtomisticModel]] = _Registry()
 
 def __getattr__(name: str):
     if name == "MACEConfig":
-        return importlib.import_module("train.models.mace").MACEConfig
+        return _mace().MACEConfig
     raise AttributeError(name)
 
 
