@@ -2,7 +2,7 @@
 
     python -m data_pipelines.convert INPUT... --out DIR [--format auto|...]
         [--shard-size N] [--split train=0.9,val=0.05,test=0.05] [--seed S]
-        [--name NAME] [--skip-invalid] [reader options]
+        [--name NAME] [--skip-invalid] [--allow-empty] [reader options]
 
 Writes DIR/<split>/shard-NNNNNN.tar (layout in data_pipelines.shards),
 DIR/stats.json and, last, DIR/manifest.json. Every file is written to a
@@ -57,6 +57,23 @@ def check_split_names(splits: dict[str, float]) -> None:
                 f"split name {name!r}: expected letters, digits, '_' or '-' (starting with a "
                 "letter or digit), since it names a folder and the manifest's shard paths"
             )
+
+
+class EmptyDatasetError(ValueError):
+    """No structure was kept: the inputs were empty or every record was skipped."""
+
+    def __init__(self, out: Path, skipped: Counter):
+        self.skipped = dict(skipped)
+        total = sum(skipped.values())
+        if total:
+            reasons = "; ".join(f"{n} x {r}" for r, n in sorted(skipped.items()))
+            what = f"all {total} records were skipped as invalid ({reasons})"
+        else:
+            what = "the inputs hold no structures"
+        super().__init__(
+            f"{out}: no structures to write: {what}. Fix the inputs or reader options, or "
+            "pass --allow-empty (allow_empty=True) to write an empty dataset anyway"
+        )
 
 
 def split_of(key: str, fractions: dict[str, float], seed: int = 0) -> str:
@@ -171,6 +188,7 @@ def write_dataset(
     skipped: Counter | None = None,
     stats_cutoff: float | None = 5.0,
     progress: bool = False,
+    allow_empty: bool = False,
 ) -> dict:
     """Validates, splits and shards a stream of structures; returns the manifest.
 
@@ -186,6 +204,8 @@ def write_dataset(
             they are counted by reason in the manifest.
         skipped: counter of records already skipped upstream (by the readers).
         stats_cutoff: cutoff (A) for the mean neighbour count in stats.json.
+        allow_empty: write a dataset even if no structure is kept; otherwise that
+            is an EmptyDatasetError (and no manifest is written).
     """
     splits = dict(splits or DEFAULT_SPLITS)
     check_split_names(splits)
@@ -212,6 +232,8 @@ def write_dataset(
         key = s.info.get("split_key", s.source_id)
         writers[split_of(str(key), splits, seed)].add(s)
     split_info = {sp: w.finish() for sp, w in writers.items()}
+    if not allow_empty and not any(v["num_structures"] for v in split_info.values()):
+        raise EmptyDatasetError(out, skipped)
     stats = {sp: w.stats.result() for sp, w in writers.items()}
     train_split = "train" if "train" in stats else next(iter(stats))
     elements = sorted(
@@ -300,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip (and count) invalid records instead of failing",
     )
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="write the dataset even if no structure is kept (an error otherwise)",
+    )
     p.add_argument("--no-progress", action="store_true")
     add_reader_arguments(p)
     args = p.parse_args(argv)
@@ -332,10 +359,14 @@ def main(argv: list[str] | None = None) -> int:
             level_of_theory=args.level_of_theory,
             sources=sources,
             skip_invalid=args.skip_invalid,
+            allow_empty=args.allow_empty,
             skipped=skipped,
             stats_cutoff=args.stats_cutoff,
             progress=not args.no_progress,
         )
+    except EmptyDatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         print("(use --skip-invalid to skip and count such records)", file=sys.stderr)

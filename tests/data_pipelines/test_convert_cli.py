@@ -73,8 +73,26 @@ def test_cli_error_names_file_record_field(tmp_path):
     assert proc.returncode == 2
     assert "bad.xyz" in proc.stderr and "field 'energy'" in proc.stderr
     ok = subprocess.run([sys.executable, "-m", "data_pipelines.convert", str(bad), "--out",
-                         str(tmp_path / "o"), "--no-progress", "--skip-invalid"], cwd=REPO,
-                        capture_output=True, text=True)
+                         str(tmp_path / "o"), "--no-progress", "--skip-invalid",
+                         "--allow-empty"], cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0 and "skipped 1 invalid records" in ok.stdout
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["skipped"]["total"] == 1
+
+
+def test_a_conversion_that_keeps_nothing_is_an_error(tmp_path, capsys):
+    bad = tmp_path / "bad.xyz"
+    frame = ("2\nProperties=species:S:1:pos:R:3:forces:R:3 energy={e} pbc=\"F F F\"\n"
+             "H 0 0 0 0 0 0\nH 0 0 0.74 0 0 0\n")
+    bad.write_text(frame.format(e="nan") * 2 + frame.format(e="inf"))
+    out = tmp_path / "o"
+    args = [str(bad), "--out", str(out), "--no-progress", "--skip-invalid"]
+    assert convert(args) == 2
+    err = capsys.readouterr().err
+    assert "no structures to write" in err and "all 3 records were skipped" in err
+    assert "2 x energy: energy is not finite (nan)" in err and "1 x energy: " in err
+    assert "--allow-empty" in err
+    assert not (out / "manifest.json").exists()  # nothing that looks like a dataset
+    assert convert([*args, "--allow-empty"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_structures"] == 0 and manifest["skipped"]["total"] == 3

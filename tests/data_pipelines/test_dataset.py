@@ -91,3 +91,15 @@ def test_read_shard_range_equals_slice_of_whole_shard(root):
     whole = [s.source_id for s in ds.read_shard(shard)]
     for begin, end in [(0, 3), (4, 11), (5, 10), (13, len(whole))]:
         assert [s.source_id for s in ds.read_shard(shard, begin, end)] == whole[begin:end]
+
+
+def test_require_nonempty_names_root_and_split(tmp_path):
+    out = tmp_path / "ds"
+    write_dataset(emt_structures(6), out, splits={"train": 1.0, "val": 0.0}, stats_cutoff=None)
+    ds = open_dataset(str(out))
+    assert ds.require_nonempty("train")["num_structures"] == 6
+    with pytest.raises(ValueError, match=rf"{out}: split 'val' holds no structures"):
+        ds.require_nonempty("val")
+    with pytest.raises(DataError, match="no split 'test'"):
+        ds.require_nonempty("test")
+    assert StreamingLoader(LoaderConfig(root=ds, split="train")).data is ds
