@@ -20,22 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data_pipelines.schema import DataError, Structure
-from data_pipelines.sources.fields import (
-    ENERGY_SCALE,
-    At,
-    is_absent,
-    to_energy,
-    to_forces,
-    to_stress,
-    virial_to_stress,
-)
+from data_pipelines.schema import Structure
+from data_pipelines.sources.fields import At
 from data_pipelines.sources.options import ReaderOptions
-from data_pipelines.sources.pymatgen_dict import parse_structure
+from data_pipelines.sources.pymatgen_dict import parse_structure, read_labels, structures
 from data_pipelines.sources.textio import json_members
-
-DEFAULT_STRESS_UNIT = "kBar-vasp"
-DEFAULT_STRESS_ORDER = "xx,yy,zz,xy,yz,zx"
 
 
 def read_alexandria(path: Path, options: ReaderOptions) -> Iterator[Structure]:
@@ -58,12 +47,7 @@ def read_alexandria(path: Path, options: ReaderOptions) -> Iterator[Structure]:
             records, split_key = [(key, value)], None
         else:  # metadata beside the entries (e.g. "@module"), not a record
             continue
-        for record_key, record in records:
-            try:
-                s = _structure(record, At(file, record_key), f"{name}#{record_key}", options)
-            except DataError as err:
-                options.on_error(err)
-                continue
+        for _, s in structures(records, file, name, options, _structure):
             if split_key is not None:
                 s.info["split_key"] = split_key
             yield s
@@ -80,24 +64,18 @@ def _structure(entry: Any, at: At, source_id: str, options: ReaderOptions) -> St
             return entry[key], key
         return data.get(key), f"data.{key}"
 
-    escale = ENERGY_SCALE[options.energy_unit or "eV"]
-    order = options.stress_order or DEFAULT_STRESS_ORDER
-    value, field = lookup(options.energy_key or "energy")
-    energy = to_energy(value, at, field, escale)
-
-    if options.forces_key:
-        value, field = lookup(options.forces_key)
-    else:
-        value, field = lookup("forces")
-        if is_absent(value):
-            value, field = _site_forces(entry["structure"]), "structure.sites[].properties.forces"
-    forces = to_forces(value, len(numbers), at, field, escale)
-
-    value, field = lookup(options.stress_key or "stress")
-    stress = to_stress(value, at, field, options.stress_unit or DEFAULT_STRESS_UNIT, order)
-    if stress is None and options.virial_key:
-        value, field = lookup(options.virial_key)
-        stress = virial_to_stress(value, cell, at, field, escale, order)
+    labels = read_labels(
+        lookup,
+        len(numbers),
+        cell,
+        at,
+        options,
+        forces_fallback=lambda: (
+            _site_forces(entry["structure"]),
+            "structure.sites[].properties.forces",
+        ),
+    )
+    escale = labels.energy_scale
 
     info: dict[str, Any] = {}
     entry_id = entry.get("entry_id", data.get("mat_id"))
@@ -109,7 +87,9 @@ def _structure(entry: Any, at: At, source_id: str, options: ReaderOptions) -> St
     params = entry.get("parameters")
     if isinstance(params, dict) and isinstance(params.get("run_type"), str):
         info["run_type"] = params["run_type"]
-    return Structure(source_id, numbers, positions, cell, pbc, energy, forces, stress, info)
+    return Structure(
+        source_id, numbers, positions, cell, pbc, labels.energy, labels.forces, labels.stress, info
+    )
 
 
 def _site_forces(structure: dict) -> list | None:

@@ -8,11 +8,24 @@ lattice matrix (rows are lattice vectors, as in ASE).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from data_pipelines.sources.fields import At, to_numbers
+from data_pipelines.schema import DataError, Structure
+from data_pipelines.sources.fields import (
+    ENERGY_SCALE,
+    At,
+    is_absent,
+    to_energy,
+    to_forces,
+    to_numbers,
+    to_stress,
+    virial_to_stress,
+)
+from data_pipelines.sources.options import ReaderOptions
 
 # Partial occupancies within this of 1 still count as one whole atom.
 _OCCU_TOL = 1e-6
@@ -90,3 +103,83 @@ def _array(value: Any, shape: tuple[int, ...], at: At, field: str) -> np.ndarray
     if arr.shape != shape:
         raise at.error(field, f"expected shape {shape}, got {arr.shape}")
     return arr
+
+
+# Both pymatgen-style sources (Alexandria entries, mlearn/maml records) write
+# VASP's stress: kBar, compression positive, Voigt order xx, yy, zz, xy, yz, zx.
+DEFAULT_STRESS_UNIT = "kBar-vasp"
+DEFAULT_STRESS_ORDER = "xx,yy,zz,xy,yz,zx"
+
+Lookup = Callable[[str], tuple[Any, str]]
+
+
+@dataclass
+class Labels:
+    """A record's labels in eV, eV/A and eV/A^3 (ASE's sign), and the energy scale
+    applied (eV per the file's energy unit) for any other energy-valued field."""
+
+    energy: float | None
+    forces: np.ndarray | None
+    stress: np.ndarray | None
+    energy_scale: float
+
+
+def read_labels(
+    lookup: Lookup,
+    num_atoms: int,
+    cell: np.ndarray,
+    at: At,
+    options: ReaderOptions,
+    stress_keys: tuple[str, ...] = ("stress",),
+    forces_fallback: Callable[[], tuple[Any, str]] | None = None,
+) -> Labels:
+    """Energy, forces and stress of one pymatgen-style record.
+
+    Args:
+        lookup: key -> (value, field name for errors), searching the record's
+            own places (``outputs``, ``data``...) in the source's order.
+        num_atoms: the structure's atom count (forces must match it).
+        cell: (3, 3) cell in A, for a virial.
+        at: file and record, for errors.
+        options: explicit keys, units and Voigt order override the defaults.
+        stress_keys: keys tried in turn when no ``stress_key`` is given.
+        forces_fallback: where forces are when ``forces`` is absent (e.g. per site).
+    """
+    escale = ENERGY_SCALE[options.energy_unit or "eV"]
+    order = options.stress_order or DEFAULT_STRESS_ORDER
+    value, field = lookup(options.energy_key or "energy")
+    energy = to_energy(value, at, field, escale)
+
+    value, field = lookup(options.forces_key or "forces")
+    if is_absent(value) and not options.forces_key and forces_fallback is not None:
+        value, field = forces_fallback()
+    forces = to_forces(value, num_atoms, at, field, escale)
+
+    stress = None
+    for key in (options.stress_key,) if options.stress_key else stress_keys:
+        value, field = lookup(key)
+        if not is_absent(value):
+            stress = to_stress(value, at, field, options.stress_unit or DEFAULT_STRESS_UNIT, order)
+            break
+    if stress is None and options.virial_key:
+        value, field = lookup(options.virial_key)
+        stress = virial_to_stress(value, cell, at, field, escale, order)
+    return Labels(energy, forces, stress, escale)
+
+
+def structures(
+    records: Iterable[tuple[str, Any]],
+    file: str,
+    name: str,
+    options: ReaderOptions,
+    parse: Callable[[Any, At, str, ReaderOptions], Structure],
+) -> Iterator[tuple[str, Structure]]:
+    """(record key, Structure) for every record that parses; a record that does
+    not goes to ``options.on_error`` (raise, or count and skip)."""
+    for key, record in records:
+        try:
+            s = parse(record, At(file, key), f"{name}#{key}", options)
+        except DataError as err:
+            options.on_error(err)
+            continue
+        yield key, s

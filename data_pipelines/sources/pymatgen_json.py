@@ -13,22 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data_pipelines.schema import DataError, Structure
-from data_pipelines.sources.fields import (
-    ENERGY_SCALE,
-    At,
-    is_absent,
-    to_energy,
-    to_forces,
-    to_stress,
-    virial_to_stress,
-)
+from data_pipelines.schema import Structure
+from data_pipelines.sources.fields import At
 from data_pipelines.sources.options import ReaderOptions
-from data_pipelines.sources.pymatgen_dict import parse_structure
+from data_pipelines.sources.pymatgen_dict import parse_structure, read_labels, structures
 from data_pipelines.sources.textio import json_members
 
-DEFAULT_STRESS_UNIT = "kBar-vasp"
-DEFAULT_STRESS_ORDER = "xx,yy,zz,xy,yz,zx"
 _STRESS_KEYS = ("stress", "virial_stress")  # maml, mlearn
 
 
@@ -40,12 +30,8 @@ def read_pymatgen_json(path: Path, options: ReaderOptions) -> Iterator[Structure
         options: keys are looked up in `outputs`, then in the record itself.
     """
     name, file = options.name_of(path), str(path)
-    for key, record in json_members(path, file, options.on_error):
-        try:
-            s = _structure(record, At(file, key), f"{name}#{key}", options)
-        except DataError as err:
-            options.on_error(err)
-            continue
+    records = json_members(path, file, options.on_error)
+    for _, s in structures(records, file, name, options, _structure):
         yield s
 
 
@@ -62,22 +48,7 @@ def _structure(record: Any, at: At, source_id: str, options: ReaderOptions) -> S
             return record[key], key
         return outputs.get(key), f"outputs.{key}"
 
-    escale = ENERGY_SCALE[options.energy_unit or "eV"]
-    order = options.stress_order or DEFAULT_STRESS_ORDER
-    value, field = lookup(options.energy_key or "energy")
-    energy = to_energy(value, at, field, escale)
-    value, field = lookup(options.forces_key or "forces")
-    forces = to_forces(value, len(numbers), at, field, escale)
-
-    stress = None
-    for key in (options.stress_key,) if options.stress_key else _STRESS_KEYS:
-        value, field = lookup(key)
-        if not is_absent(value):
-            stress = to_stress(value, at, field, options.stress_unit or DEFAULT_STRESS_UNIT, order)
-            break
-    if stress is None and options.virial_key:
-        value, field = lookup(options.virial_key)
-        stress = virial_to_stress(value, cell, at, field, escale, order)
+    labels = read_labels(lookup, len(numbers), cell, at, options, stress_keys=_STRESS_KEYS)
 
     info: dict[str, Any] = {}
     for src, dst in (("group", "group"), ("description", "description")):
@@ -88,4 +59,6 @@ def _structure(record: Any, at: At, source_id: str, options: ReaderOptions) -> S
         tags = ",".join(tags)
     if isinstance(tags, str):
         info["tags"] = tags
-    return Structure(source_id, numbers, positions, cell, pbc, energy, forces, stress, info)
+    return Structure(
+        source_id, numbers, positions, cell, pbc, labels.energy, labels.forces, labels.stress, info
+    )
