@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from data_pipelines.schema import DataError
+from train.checkpoint import CheckpointError
 from train.config import ConfigError, compose, to_object
 
 
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
+        return 2
+    except CheckpointError as err:
+        print(f"checkpoint error: {err}", file=sys.stderr)
         return 2
     if summary.get("status") == "finished":
         metrics = {k: v for k, v in summary.items() if k.startswith("val/") and k.endswith("mae")}

@@ -7,20 +7,13 @@ of steps and ``train.export`` rebuilds a model the same way.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from data_pipelines.loader import LoaderConfig, StreamingLoader, open_stream, resolve
+from data_pipelines.dataset import Dataset
+from data_pipelines.loader import LoaderConfig, StreamingLoader
+from data_pipelines.subsets import subset_threshold
 from train import checkpoint
 from train.config import ConfigError, TrainConfig
 from train.dist import DistInfo
 from train.models import AtomisticModel, build_model
-
-
-def load_stats(root: str) -> dict:
-    """The dataset statistics (stats.json) beside the shards."""
-    with open_stream(resolve(root, "stats.json")) as fh:
-        return json.loads(fh.read())
 
 
 def make_model(cfg: TrainConfig, stats: dict) -> AtomisticModel:
@@ -55,7 +48,7 @@ def init_weights(model: AtomisticModel, source: str) -> None:
         )
 
 
-def loader_config(cfg: TrainConfig, data: Any, split: str, cutoff: float, **kw) -> LoaderConfig:
+def loader_config(cfg: TrainConfig, data: Dataset, split: str, cutoff: float, **kw) -> LoaderConfig:
     """The loader settings every stream of a run shares, for one split."""
     return LoaderConfig(
         root=data,
@@ -70,13 +63,18 @@ def loader_config(cfg: TrainConfig, data: Any, split: str, cutoff: float, **kw) 
 
 
 def build_loaders(
-    cfg: TrainConfig, data: Any, manifest: dict, subset: dict | None, cutoff: float, info: DistInfo
+    cfg: TrainConfig,
+    data: Dataset,
+    manifest: dict,
+    subset: dict | None,
+    cutoff: float,
+    info: DistInfo,
 ) -> tuple[StreamingLoader, StreamingLoader | None]:
     """The shuffled training stream and the fixed validation stream (None without
     a non-empty validation split).
 
     Args:
-        data: the data root, or the dataset already opened from it.
+        data: the dataset, opened once by the caller.
         manifest: the dataset's manifest.
         subset: the training subset (``subset_threshold``'s result) or None.
     """
@@ -111,15 +109,13 @@ def build_loaders(
     return train, val
 
 
-def subset_of(data: Any, split: str, fraction: float, unit: str) -> dict:
+def subset_of(data: Dataset, split: str, fraction: float, unit: str) -> dict:
     """The nested subset holding ``fraction`` of ``split`` (data_pipelines.subsets)."""
-    from data_pipelines.subsets import subset_threshold
-
     return subset_threshold(data, split, fraction, unit)
 
 
 def reference_flops(
-    model: AtomisticModel, cfg: TrainConfig, data: Any, cutoff: float, device, dtype
+    model: AtomisticModel, cfg: TrainConfig, data: Dataset, cutoff: float, device, dtype
 ) -> dict[str, float]:
     """FLOPs per atom of forward and forward+backward, measured on the first
     training batch in file order (the same batch for every run on this data)."""

@@ -22,9 +22,18 @@ import torch
 
 from data_pipelines.atomic import atomic_write
 from train.dist import barrier
+from train.serialization import safe_load
 
-FORMAT_VERSION = 1
+# 2: RNG states as tensors and plain values (weights_only loading), and the
+# run's identity (train.resume) in meta.json. Format 1 still loads.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META = "meta.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that exists but cannot be resumed from; the message says
+    which, why, and how to start over on purpose."""
 
 
 def tag_of(step: int) -> str:
@@ -32,23 +41,46 @@ def tag_of(step: int) -> str:
 
 
 def rng_state() -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+    """Every RNG's state as tensors and plain values (loadable with weights_only)."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"] = {
+        "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+        "pos": int(numpy_state["state"]["pos"]),
     }
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        key = numpy_state["state"]["key"]
+        key = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
+        numpy_state = {
+            **numpy_state,
+            "state": {**numpy_state["state"], "key": key.astype(np.uint32)},
+        }
+    np.random.set_state(numpy_state)  # format 1 stored numpy's legacy tuple
     random.setstate(state["python"])
 
 
 def save(
-    run_dir: Path, step: int, engine, trainer_state: dict, rank: int, world_size: int, keep: int
+    run_dir: Path,
+    step: int,
+    engine,
+    trainer_state: dict,
+    rank: int,
+    world_size: int,
+    keep: int,
+    identity: dict | None = None,
 ) -> Path:
-    """Collective: every rank calls it at the same step."""
+    """Collective: every rank calls it at the same step.
+
+    Args:
+        identity: the settings that determine the run's tensors and data
+            (``train.resume.identity``), recorded so a later start can tell
+            whether this checkpoint belongs to it.
+    """
     root = Path(run_dir) / "checkpoints"
     staging = root / ".incomplete"
     tag = tag_of(step)
@@ -63,7 +95,9 @@ def save(
     final = root / tag
     if rank == 0:
         meta = {"format_version": FORMAT_VERSION, "step": step, "world_size": world_size}
-        (staging / tag / META).write_text(json.dumps(meta))
+        if identity is not None:
+            meta["identity"] = identity
+        (staging / tag / META).write_text(json.dumps(meta, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging / tag, final)
         for old in list_valid(root)[:-keep] if keep > 0 else []:
@@ -83,10 +117,10 @@ def list_valid(root: Path) -> list[Path]:
                 f"skipping incomplete checkpoint {path} (no readable {META})", stacklevel=2
             )
             continue
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in READABLE_VERSIONS:
             warnings.warn(
                 f"skipping checkpoint {path}: format {meta.get('format_version')}, "
-                f"this code reads {FORMAT_VERSION}",
+                f"this code reads {READABLE_VERSIONS}",
                 stacklevel=2,
             )
             continue
@@ -94,27 +128,41 @@ def list_valid(root: Path) -> list[Path]:
     return out
 
 
-def load_latest(run_dir: Path, engine, rank: int, world_size: int) -> dict | None:
-    """Loads the newest checkpoint that loads; returns its trainer state or None."""
-    root = Path(run_dir) / "checkpoints"
-    for path in reversed(list_valid(root)):
-        meta = json.loads((path / META).read_text())
-        if meta["world_size"] != world_size:
-            raise RuntimeError(
-                f"checkpoint {path} was written by {meta['world_size']} processes, this run has "
-                f"{world_size}; resume with the same number of processes"
-            )
-        try:
-            engine.load(root, path.name)
-            state = torch.load(
-                path / f"trainer_rank{rank}.pt", map_location="cpu", weights_only=False
-            )
-        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is skipped
-            warnings.warn(f"skipping unreadable checkpoint {path}: {err}", stacklevel=2)
-            continue
+def read_meta(path: Path) -> dict:
+    """meta.json of one checkpoint folder.
+
+    Raises:
+        CheckpointError: missing or unreadable (the folder is not a checkpoint).
+    """
+    try:
+        return json.loads((Path(path) / META).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {path} has no readable {META} ({err})") from None
+
+
+def load(path: Path, engine, rank: int) -> dict:
+    """Loads one checkpoint into ``engine`` and the RNGs; returns the trainer state.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read (never a silent fresh start).
+    """
+    path = Path(path)
+    try:
+        engine.load(path.parent, path.name)
+        state = safe_load(path / f"trainer_rank{rank}.pt", "checkpoint (trainer state)")
         set_rng_state(state["rng"])
-        return state
-    return None
+    except Exception as err:  # noqa: BLE001 - any failure is reported the same way
+        raise CheckpointError(
+            f"cannot resume from checkpoint {path}: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}. {START_OVER}"
+        ) from err
+    return state
+
+
+START_OVER = (
+    "To start this run over on purpose, delete its checkpoints/ folder and "
+    "metrics.jsonl, or give it a new run_dir"
+)
 
 
 def load_weights(source: str | Path) -> dict:
@@ -122,12 +170,12 @@ def load_weights(source: str | Path) -> dict:
     for starting a new run from another (e.g. stage 2 from stage 1)."""
     source = Path(source)
     if source.is_file():
-        sd = torch.load(source, map_location="cpu", weights_only=False)
+        sd = safe_load(source, "model file or checkpoint")
         return sd.get("state_dict", sd.get("model", sd))
     ckpts = list_valid(source / "checkpoints") if (source / "checkpoints").is_dir() else []
     if (source / META).exists():
         ckpts = [source]
     if not ckpts:
         raise FileNotFoundError(f"no complete checkpoint under {source}")
-    state = torch.load(ckpts[-1] / "trainer_rank0.pt", map_location="cpu", weights_only=False)
+    state = safe_load(ckpts[-1] / "trainer_rank0.pt", "checkpoint (trainer state)")
     return state["ema"]["shadow"] if "ema" in state else state["model"]

@@ -130,6 +130,7 @@ class TrainerConfig:
     augment: bool | None = None  # random O(3) rotations; None: on for pet, off otherwise
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     init_from: str | None = None  # run dir or checkpoint whose weights start this run
+    resume: str = "auto"  # auto | never | require (train/resume.py)
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "float32"  # float32 | float64 (model and batch)
     threads: int | None = None
@@ -235,6 +236,7 @@ _CHOICES = {
     "optim.name": ("adamw", "adam"),
     "data.fraction_unit": ("structures", "atoms"),
     "trainer.dtype": ("float32", "float64"),
+    "trainer.resume": ("auto", "never", "require"),
 }
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from train.config import EngineConfig, OptimConfig
+from train.serialization import deepspeed_globals, safe_load
 
 
 class Engine:
@@ -87,7 +88,7 @@ class TorchEngine(Engine):
             )
 
     def load(self, folder: Path, tag: str) -> None:
-        sd = torch.load(folder / tag / "engine.pt", map_location="cpu", weights_only=False)
+        sd = safe_load(folder / tag / "engine.pt", "checkpoint (engine state)")
         self.module.load_state_dict(sd["model"])
         self.optimizer.load_state_dict(sd["optimizer"])
         self.scheduler.load_state_dict(sd["scheduler"])
@@ -115,6 +116,9 @@ class DeepSpeedEngine(Engine):
             dist_init_required=False,
         )
         self.module = self.ds.module
+        # DeepSpeed reads its checkpoint files with weights_only=False; route
+        # every read of this engine through the safe loader instead.
+        self.ds.checkpoint_engine.load = _safe_deepspeed_load
 
     def forward(self, batch: dict) -> dict:
         with self.autocast():
@@ -158,6 +162,10 @@ class DeepSpeedEngine(Engine):
         )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {folder / tag}")
+
+
+def _safe_deepspeed_load(path, map_location=None):
+    return safe_load(path, "DeepSpeed checkpoint file", map_location, allow=deepspeed_globals())
 
 
 def build_engine(model, optimizer, lr_lambda, optim: OptimConfig, engine: EngineConfig) -> Engine:

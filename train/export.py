@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from data_pipelines.atomic import atomic_write
+from train.serialization import safe_load
 
 FORMAT = "mlip-scaling-model"
 VERSION = 1
@@ -59,7 +60,7 @@ def load_model(path: str | Path, forces: str | None = None, device="cpu", dtype=
     """
     from train.models import build_model
 
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = safe_load(path, "model file")
     if payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file")
     if payload["version"] > VERSION:
@@ -84,8 +85,9 @@ def load_model(path: str | Path, forces: str | None = None, device="cpu", dtype=
 
 def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Exports the latest checkpoint of a run (EMA weights)."""
+    from data_pipelines.dataset import load_stats
     from train import checkpoint
-    from train.build import load_stats, make_model
+    from train.build import make_model
     from train.config import compose, to_object
 
     run_dir = Path(run_dir)
@@ -100,7 +102,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ckpts = checkpoint.list_valid(run_dir / "checkpoints")
     if not ckpts:
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint to export")
-    state = torch.load(ckpts[-1] / "trainer_rank0.pt", map_location="cpu", weights_only=False)
+    state = safe_load(ckpts[-1] / "trainer_rank0.pt", "checkpoint (trainer state)")
 
     class _Shadow:
         shadow = state["ema"]["shadow"]

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
+from torch import nn
 
 from train.config import OptimConfig, ScheduleConfig
 
 
-def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: nn.Module | Iterable[torch.Tensor] | Iterable[dict], cfg: OptimConfig
+) -> torch.optim.Optimizer:
+    """The configured Adam(W) over a model's parameter groups or given parameters.
+
+    Args:
+        params: a model (its `parameter_groups(lr)` when it has one, e.g. PET's
+            per-role muP learning rates, else all its parameters), or an
+            iterable of parameters or of parameter-group dicts.
+        cfg: optimiser settings; `cfg.lr` is the base learning rate, which each
+            group may scale (the schedule's LambdaLR then multiplies each group's
+            own learning rate, so the multipliers hold at every step).
+    """
+    if isinstance(params, nn.Module):
+        groups = getattr(params, "parameter_groups", None)
+        params = groups(cfg.lr) if groups is not None else params.parameters()
     cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[cfg.name]
     return cls(
         params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay

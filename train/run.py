@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from data_pipelines.loader import load_manifest
+from data_pipelines.dataset import open_dataset
 from train import build, checkpoint, rundir
 from train.config import ConfigError, TrainConfig, check
 from train.dist import barrier, init_distributed
@@ -18,6 +18,7 @@ from train.engine import build_engine
 from train.export import export_model
 from train.metrics import MetricLogger
 from train.optim import build_optimizer, lr_factor
+from train.resume import resume_point
 from train.trainer import Progress, Trainer, TrainParts, element_mask
 
 
@@ -34,19 +35,24 @@ def run(cfg: TrainConfig) -> dict:
     )
     run_dir = Path(cfg.run_dir or rundir.default_run_dir(cfg))
     name = cfg.name or run_dir.name
-    if info.is_main:
-        rundir.prepare(run_dir, cfg)
-    barrier()
+    # decided before anything is written: a start that must stop touches nothing
+    resume_from = resume_point(run_dir, cfg, info.world_size)
 
-    # data: opened once; the subset and the statistics come from the same root
-    data = cfg.data.root
-    manifest = load_manifest(data)
-    stats = build.load_stats(data)
+    # data: opened once; every loader and the subset share it
+    data = open_dataset(cfg.data.root)
+    try:
+        data.require_nonempty(cfg.data.train_split)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    manifest, stats = data.manifest, data.stats
     subset = None
     if cfg.data.fraction < 1.0:
         subset = build.subset_of(
             data, cfg.data.train_split, cfg.data.fraction, cfg.data.fraction_unit
         )
+    if info.is_main:  # config and data checked: now the run directory is written
+        rundir.prepare(run_dir, cfg)
+    barrier()
 
     # model: identical initial weights on every rank
     torch.manual_seed(cfg.seed)
@@ -67,7 +73,7 @@ def run(cfg: TrainConfig) -> dict:
     engine = build_engine(model, optimizer, schedule, cfg.optim, cfg.engine)
     ema = EMA(engine.module, cfg.trainer.ema_decay)
     progress = Progress()
-    state = checkpoint.load_latest(run_dir, engine, info.rank, info.world_size)
+    state = checkpoint.load(resume_from, engine, info.rank) if resume_from else None
     if state is not None:
         progress = Progress(**state["progress"])
         train_loader.load_state_dict(state["loader"])

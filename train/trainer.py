@@ -22,6 +22,7 @@ from train.dist import DistInfo, all_reduce_
 from train.ema import EMA
 from train.losses import ErrorSums, compute_loss
 from train.metrics import MetricLogger
+from train.resume import identity
 
 
 class BadBatchError(RuntimeError):
@@ -361,4 +362,5 @@ class Trainer:
             self.info.rank,
             self.info.world_size,
             self.cfg.trainer.keep_checkpoints,
+            identity=identity(self.cfg),
         )

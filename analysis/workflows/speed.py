@@ -136,9 +136,9 @@ def model_label(spec: str) -> str:
     """``<family>-<size>`` of an exported model file (``emt`` for EMT)."""
     if spec == "emt":
         return "emt"
-    import torch
+    from train.serialization import safe_load
 
-    payload = torch.load(spec, map_location="cpu", weights_only=False)
+    payload = safe_load(spec, "model file")
     return f"{payload['family']}-{payload['size']}"
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from train.models import mup
 from train.models.base import NUM_ELEMENT_SLOTS, AtomisticModel, AtomOutputs, ForcesMode
 from train.models.geometry import (
     ModelGraph,
@@ -71,6 +72,16 @@ class PETConfig:
         attention: "sdpa" (torch's fused kernel), "manual" (supports double
             backward, needed to train on gradient forces), or "auto" (sdpa on GPUs
             unless training with gradient forces, manual otherwise).
+        parametrization: "standard", or "mup" (train.models.mup: Adam learning
+            rate / m on hidden matrices, readout multiplier 1/m, attention logits
+            q.k/d_head, with m = d_edge / mup_base_width). Every other width
+            (d_node, d_ff, d_node_ff, d_head, num_heads) is assumed to scale with
+            d_edge, as in the `w*` width ladder of presets.py.
+        mup_base_width: the edge width at which both parametrisations agree, i.e.
+            where the learning rate was tuned.
+        mup_base_head_dim: attention head width at the base width; None: the head
+            width of this model (the number of heads scales with width, as in the
+            `w*` ladder). Only read under muP.
     """
 
     d_edge: int = 128
@@ -90,6 +101,9 @@ class PETConfig:
     adaptive_candidates: int = 24
     adaptive_softness: float = 1.0
     attention: Literal["auto", "manual", "sdpa"] = "auto"
+    parametrization: mup.Parametrization = "standard"
+    mup_base_width: int = 64
+    mup_base_head_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.d_edge % self.num_heads:
@@ -100,6 +114,21 @@ class PETConfig:
             raise ValueError(f"num_radial must be at least 2, got {self.num_radial}")
         if self.attention not in ("auto", "manual", "sdpa"):
             raise ValueError(f"attention must be auto, manual or sdpa, got '{self.attention}'")
+        mup.check_parametrization(self.parametrization, self.mup_base_width)
+        if self.mup_base_head_dim is not None and self.mup_base_head_dim < 1:
+            raise ValueError(f"mup_base_head_dim must be positive, got {self.mup_base_head_dim}")
+
+    @property
+    def width_multiplier(self) -> float:
+        """m = d_edge / mup_base_width under muP, 1 under the standard parametrisation."""
+        return mup.width_multiplier(self.d_edge, self.mup_base_width, self.parametrization)
+
+    @property
+    def attention_scale(self) -> float:
+        """Multiplier of the attention logits q.k (1/sqrt(d_head) under SP)."""
+        return mup.attention_scale(
+            self.d_edge // self.num_heads, self.parametrization, self.mup_base_head_dim
+        )
 
 
 class RMSNorm(nn.RMSNorm):
@@ -124,24 +153,29 @@ class SwiGLU(nn.Module):
         return self.w_out(value * F.silu(gate))
 
 
-def readout_head(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
-    """Normalised two-hidden-layer MLP used for every readout."""
+def readout_head(d_in: int, d_hidden: int, d_out: int, multiplier: float = 1.0) -> nn.Sequential:
+    """Normalised two-hidden-layer MLP used for every readout.
+
+    `multiplier` scales the last layer's weight in the forward pass (muP's 1/m).
+    """
     return nn.Sequential(
         RMSNorm(d_in),
         nn.Linear(d_in, d_hidden),
         nn.SiLU(),
         nn.Linear(d_hidden, d_hidden),
         nn.SiLU(),
-        nn.Linear(d_hidden, d_out),
+        mup.OutputLinear(d_hidden, d_out, multiplier),
     )
 
 
 class CutoffAttention(nn.Module):
     """Multi-head self-attention with an additive log-cutoff bias on the keys."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, scale: float | None = None):
+        """scale: logit multiplier; None: 1/sqrt(head width), torch's default."""
         super().__init__()
         self.num_heads = num_heads
+        self.scale = scale
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
 
@@ -159,13 +193,14 @@ class CutoffAttention(nn.Module):
         if fused:
             q, k, v = qkv.permute(2, 0, 3, 1, 4)
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias[:, None, None, :].to(q.dtype)
+                q, k, v, attn_mask=bias[:, None, None, :].to(q.dtype), scale=self.scale
             )
             return self.out(y.transpose(1, 2).reshape(n, t, d))
         # Heads folded into the batch: with one head these reshapes are free views.
         q, k, v = qkv.permute(2, 0, 3, 1, 4).reshape(3, n * h, t, d // h)
         mask = bias[:, None, None, :].expand(n, h, 1, t).reshape(n * h, 1, t).to(q.dtype)
-        scores = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=(d // h) ** -0.5)
+        alpha = (d // h) ** -0.5 if self.scale is None else self.scale
+        scores = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=alpha)
         y = torch.bmm(torch.softmax(scores, dim=-1), v)
         return self.out(y.view(n, h, t, d // h).transpose(1, 2).reshape(n, t, d))
 
@@ -188,7 +223,9 @@ class TransformerBlock(nn.Module):
         self.norm_node = RMSNorm(dn)
         self.contract = nn.Linear(dn, d, bias=False)
         self.norm_tokens = RMSNorm(d)
-        self.attention = CutoffAttention(d, cfg.num_heads)
+        # SP keeps torch's own default scale (None), so it stays bit-identical.
+        scale = cfg.attention_scale if cfg.parametrization == "mup" else None
+        self.attention = CutoffAttention(d, cfg.num_heads, scale)
         self.expand = nn.Linear(d, dn, bias=False)
         self.norm_ff = RMSNorm(d)
         self.ff = SwiGLU(d, cfg.d_ff)
@@ -221,11 +258,12 @@ class GNNLayer(nn.Module):
         self.neighbour_species = nn.Embedding(NUM_ELEMENT_SLOTS, d) if first else None
         self.compress = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.num_attention_layers))
-        self.node_energy = readout_head(cfg.d_node, cfg.d_head, 1)
+        out_mult = 1.0 / cfg.width_multiplier
+        self.node_energy = readout_head(cfg.d_node, cfg.d_head, 1, out_mult)
         # One head for the edge energy and the direct force/virial scalars: direct
         # outputs then cost one extra output row, and every force mode has the same
         # weights, so one checkpoint serves direct and gradient inference.
-        self.edge_readout = readout_head(d, cfg.d_head, 3)
+        self.edge_readout = readout_head(d, cfg.d_head, 3, out_mult)
         # Start near the composition baseline: the edge terms are summed over every
         # neighbour, so default-initialised heads put the first energies several
         # eV/atom off and the first hundreds of steps are spent undoing that.
@@ -295,6 +333,20 @@ class PET(AtomisticModel):
         self.layers = nn.ModuleList(
             GNNLayer(config, first=(i == 0)) for i in range(config.num_gnn_layers)
         )
+        if config.parametrization == "mup":
+            mup.scale_hidden_biases(self, self.mup_roles(), config.width_multiplier)
+
+    def mup_roles(self) -> dict[str, str]:
+        """Parameter name -> muP role (train.models.mup); the geometry embeddings
+        map the fixed 3 + num_radial inputs to the width, so they are inputs."""
+        return mup.module_roles(self, inputs=[layer.geometry for layer in self.layers])
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """Optimizer parameter groups: one group of every parameter under SP
+        (exactly `model.parameters()`), per-role learning rates under muP."""
+        if self.config.parametrization == "standard":
+            return [{"params": list(self.parameters()), "lr": lr}]
+        return mup.parameter_groups(self, self.mup_roles(), lr, self.config.width_multiplier)
 
     def _cutoff_factors(self, graph: ModelGraph) -> tuple[ModelGraph, Tensor, Tensor]:
         """Keeps the edges inside each atom's cutoff; returns (graph, r, factors)."""

@@ -8,6 +8,15 @@ published; node width 4x, edge feed-forward 2x, node feed-forward 8x and head
 width 1x the edge width (the published XL uses 2560 / 1280 / 640 at edge width
 640; XS takes 2x heads), which lands every count within 5% of the published one.
 
+PET `w16`, `w32`, `w64`, `w128`, `w256` are a width-only ladder for muP and
+width-scaling studies: one shape scaled by the edge width d (node width 4d,
+edge feed-forward 2d, node feed-forward 8d, head width d, d/8 attention heads
+of width 8, the published ratios), while depth (2 GNN layers of 1 attention
+layer), cutoff (5 A, fixed) and everything else stay the same. The published
+ladder above changes depth and cutoff with width, so it is not a muP ladder.
+Use them with `model.knobs.parametrization=mup` and `model.knobs.mup_base_width`
+(the width whose tuned learning rate should carry over; default 64, `w64`).
+
 MACE presets span the same parameter range with channels, max L, correlation
 order and layers (89 elements; `xs` is close to MACE-MP-0 medium).
 """
@@ -42,6 +51,29 @@ def _pet_ladder(d: int, gnn: int, attn: int, cutoff: float, target: int) -> dict
         "target_neighbours": float(target),
     }
 
+
+def pet_width_shape(d: int) -> dict[str, Any]:
+    """Knobs of the width-only ladder at edge width `d` (a multiple of 8)."""
+    if d < 8 or d % 8:
+        raise ValueError(f"width ladder: edge width must be a positive multiple of 8, got {d}")
+    return {
+        "d_edge": d,
+        "d_node": 4 * d,
+        "d_ff": 2 * d,
+        "d_node_ff": 8 * d,
+        "d_head": d,
+        "num_heads": d // 8,
+        "num_gnn_layers": 2,
+        "num_attention_layers": 1,
+        "cutoff": 5.0,
+        "cutoff_width": 0.5,
+        "adaptive_cutoff": False,
+        "target_neighbours": 8.0,
+    }
+
+
+# Edge widths of the width-only ladder (presets `w16` ... `w256`).
+PET_WIDTH_LADDER = (16, 32, 64, 128, 256)
 
 PET_PRESETS: dict[str, dict[str, Any]] = {
     # CPU tests: small fixed cutoff so test cells stay cheap.
@@ -96,6 +128,8 @@ PET_PRESETS: dict[str, dict[str, Any]] = {
     "m": _pet_ladder(384, 3, 2, 8.5, 24),
     "l": _pet_ladder(512, 4, 2, 9.0, 32),
     "xl": _pet_ladder(640, 5, 3, 10.0, 40),
+    # Width-only ladder: same depth and cutoff at every width (see the docstring).
+    **{f"w{d}": pet_width_shape(d) for d in PET_WIDTH_LADDER},
 }
 
 MACE_PRESETS: dict[str, dict[str, Any]] = {
