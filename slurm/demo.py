@@ -180,9 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
 
     banner(f"1-2. data and training (python -m slurm.sweep study={args.study} cluster=local)")
-    from slurm.sweep import sweep
+    from slurm.sweep import SweepStopped, sweep
 
-    sweep([f"study={args.study}", "cluster=local", f"study_dir={study_dir}"])
+    try:
+        sweep([f"study={args.study}", "cluster=local", f"study_dir={study_dir}"])
+    except SweepStopped as stopped:
+        print(f"demo {stopped} (make demo)", flush=True)
+        return 128 + stopped.signum
     best = largest_runs(study_dir)
     if not best:
         print("no run finished; see python -m slurm.status " + str(study_dir), file=sys.stderr)

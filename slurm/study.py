@@ -66,9 +66,27 @@ class RunSpec:
     stages: list = field(default_factory=list)  # slurm.stages.Stage, run after training
 
 
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
 def _slug(value: Any) -> str:
+    """A value as a safe part of a file name: no separators, no leading dots."""
     text = f"{value:g}" if isinstance(value, float) else str(value)
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text)
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).lstrip(".") or "_"
+
+
+def check_study_name(name: str) -> str:
+    """The study name, which becomes a folder (runs/<name>) and a W&B group.
+
+    Raises:
+        ValueError: a name that is not one plain path component.
+    """
+    if not _PLAIN_NAME.match(name) or len(name) > 100:
+        raise ValueError(
+            f"study.name={name!r} must be a plain folder name: letters, digits and . _ + -, "
+            "starting with a letter or digit (it becomes runs/<name>)"
+        )
+    return name
 
 
 def run_name(axes: dict[str, Any]) -> str:

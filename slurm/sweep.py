@@ -11,6 +11,7 @@ runs, resumes stopped ones and submits only what is missing.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 
 from data_pipelines.atomic import write_text
 from slurm.stages import missing_stages
-from slurm.study import RunSpec, StudyConfig, expand, run_state
+from slurm.study import RunSpec, StudyConfig, check_study_name, expand, run_state
 from slurm.study_data import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,17 +85,52 @@ def _one_line(spec: RunSpec, result: dict, seconds: float) -> str:
     return f"{spec.name}: {status} {result.get('error', '')}".rstrip()
 
 
+# Signals that stop an in-process sweep: the run in progress checkpoints and
+# ends (its training loop catches them too), then no further run starts.
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+
+
+class SweepStopped(RuntimeError):
+    """A signal stopped an in-process sweep; the next sweep command resumes it."""
+
+    def __init__(self, signum: int, after: str, results: dict[str, dict]):
+        self.signum, self.after, self.results = signum, after, results
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} during {after}; "
+            "re-run the same command to resume"
+        )
+
+
 def run_local(runs: list[RunSpec]) -> dict[str, dict]:
+    """Trains and evaluates each run in this process, one after another.
+
+    Raises:
+        SweepStopped: a stop signal arrived; the run it hit saved a checkpoint.
+    """
     from slurm.task import train_and_evaluate
 
+    asked: list[int] = []
+    previous = {}
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name)
+        previous[sig] = signal.signal(sig, lambda signum, frame: asked.append(signum))
+    stop_override = f"trainer.stop_signals=[{','.join(STOP_SIGNALS)}]"
     results = {}
-    for k, spec in enumerate(runs, 1):
-        print(f"[{k}/{len(runs)}] {spec.name}", flush=True)
-        t0 = time.time()
-        results[spec.name] = train_and_evaluate(
-            spec.overrides, spec.run_dir, spec.stages, progress=True
-        )
-        print("  " + _one_line(spec, results[spec.name], time.time() - t0), flush=True)
+    try:
+        for k, spec in enumerate(runs, 1):
+            print(f"[{k}/{len(runs)}] {spec.name}", flush=True)
+            t0 = time.time()
+            result = train_and_evaluate(
+                [*spec.overrides, stop_override], spec.run_dir, spec.stages, progress=True
+            )
+            results[spec.name] = result
+            print("  " + _one_line(spec, result, time.time() - t0), flush=True)
+            signum = result.get("signal") if result.get("status") == "preempted" else None
+            if signum is not None or asked:
+                raise SweepStopped(signum or asked[0], spec.name, results)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return results
 
 
@@ -124,6 +160,7 @@ def sweep(args: list[str]) -> dict:
 
     cfg, train_args = compose_sweep(args)
     study = cfg.study
+    check_study_name(study.name)
     study_dir = Path(cfg.study_dir or REPO / "runs" / study.name).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
     cluster_cfg = ClusterConfig.from_mapping(_to_plain(cfg.cluster))
@@ -186,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         results = sweep(args)
+    except SweepStopped as stopped:
+        print(f"sweep {stopped}", flush=True)
+        return 128 + stopped.signum
     except (ConfigError, ValueError) as err:
         print(f"sweep error: {err}", file=sys.stderr)
         return 2
