@@ -18,7 +18,7 @@ import pytest
 import submitit
 
 from slurm.cluster import ClusterConfig, load_preset, make_executor
-from slurm.slurmctl import SlurmUnavailable, ensure_local_slurm, job_state, release_requeued
+from slurm.slurmctl import job_state, release_requeued
 
 # Jobs unpickle these functions on the SLURM side, where `tests` is not an
 # importable package: ship this module's code inside the pickles instead.
@@ -28,13 +28,8 @@ JOB_TIMEOUT_S = 90
 
 
 @pytest.fixture(scope="module")
-def node() -> str:
-    if os.environ.get("MLIP_SLURM_TESTS") == "0":
-        pytest.skip("MLIP_SLURM_TESTS=0")
-    try:
-        return ensure_local_slurm()
-    except SlurmUnavailable as error:
-        pytest.skip(f"local SLURM cluster unavailable: {error}")
+def node(local_slurm) -> str:
+    return local_slurm
 
 
 @pytest.fixture

@@ -106,17 +106,6 @@ def test_local_sweep_isolates_failures_and_is_idempotent(tmp_path):
     assert "Could not find 'size/nosuch'" in status or "size/nosuch" in status
 
 
-@pytest.fixture(scope="module")
-def local_slurm():
-    from slurm.slurmctl import SlurmUnavailable, ensure_local_slurm
-
-    if os.environ.get("MLIP_SLURM_TESTS") == "0":
-        pytest.skip("MLIP_SLURM_TESTS=0")
-    try:
-        return ensure_local_slurm()
-    except SlurmUnavailable as error:
-        pytest.skip(f"local SLURM cluster unavailable: {error}")
-
 
 def _release_settled(job_id: str, first_seen: dict) -> None:
     """Lets a requeued job start without SLURM's 30 s hold, but only once it has
