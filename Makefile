@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow or faults"
 
 bench: $(STAMP)
 	$(PY) -m analysis.bench --out runs/bench
