@@ -58,6 +58,7 @@ def loader_config(cfg: TrainConfig, data: Dataset, split: str, cutoff: float, **
         max_edges=cfg.data.max_edges,
         max_structures=cfg.data.max_structures,
         dtype="float64",
+        verify_checksums=cfg.data.verify_checksums,
         **kw,
     )
 

@@ -112,3 +112,18 @@ def test_an_empty_training_split_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"split 'train' holds no structures"):
         _train(str(data), tmp_path / "run", "trainer.max_steps=2")
     assert not (tmp_path / "run").exists()  # validated before anything is written
+
+
+def test_training_refuses_a_shard_with_one_changed_byte(emt_shards, tmp_path):
+    import shutil
+
+    from data_pipelines.schema import DataError
+
+    data = tmp_path / "data"
+    shutil.copytree(emt_shards, data)
+    shard = sorted((data / "train").glob("shard-*.tar"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # same size, one bit flipped inside a structure
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=rf"{shard.name}.*sha256"):
+        _train(str(data), tmp_path / "run", "trainer.max_steps=40")
