@@ -175,7 +175,7 @@ def _override_value(overrides: list[str], key: str) -> str | None:
 
 def expand(study: StudyConfig, study_dir: Path, data_root: str, extra: list[str]) -> list[RunSpec]:
     """The grid: one RunSpec per combination of axis values, in a stable order."""
-    from data_pipelines.loader import load_manifest
+    from data_pipelines.dataset import load_manifest
     from slurm.stages import parse_stages
 
     stages = parse_stages(study.evaluate)

@@ -58,7 +58,8 @@ def mace_peer(data: str, workdir: Path, cutoff: float, batch_size: int = 8) -> d
     log (start of training to the end of epoch 0)."""
     import torch
 
-    from data_pipelines.inspect import export_extxyz, iter_split
+    from data_pipelines.dataset import iter_split
+    from data_pipelines.inspect import export_extxyz
 
     workdir.mkdir(parents=True, exist_ok=True)
     xyz = workdir / "train.xyz"

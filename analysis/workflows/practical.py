@@ -1,6 +1,6 @@
 """The practical tests of one trained model, for each way of running it.
 
-    python -m analysis practical --model RUN/model.pt --test-data SHARD_DIR --out DIR
+    python -m analysis practical --model MODEL --test-data SHARD_DIR --out DIR
         [--variants direct direct-rot3 conservative conservative-rot3] [--quick]
 
 A *variant* is a force mode plus optional rotational averaging:
@@ -38,6 +38,7 @@ import numpy as np
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from analysis.workflows import phonons, relax, speed, symmetry
+from analysis.workflows.foreign import model_kind
 from analysis.workflows.model import ModelOptions
 from analysis.workflows.settings import setting
 from analysis.workflows.structures import Structures, as_structures, load_structures
@@ -87,7 +88,8 @@ def parse_variant(spec: str, model: str) -> ModelOptions:
 
 def load_test_structures(root: str, count: int) -> list[tuple[str, object]]:
     """The first ``count`` labelled structures of the test split as ASE atoms."""
-    from data_pipelines.inspect import iter_split, to_atoms
+    from data_pipelines.dataset import iter_split
+    from data_pipelines.inspect import to_atoms
 
     out = []
     for s in iter_split(root, "test"):
@@ -249,8 +251,10 @@ def run(
     """Every practical test of ``model`` for each variant, and the summary table.
 
     Args:
-        model: the exported model file (only its spec is used; the variants
-            choose force mode and averaging).
+        model: the model: our exported file, a metatomic or mace-torch file, or
+            ``module:factory`` (only its spec is used; the variants choose force
+            mode and averaging; a model with gradient forces only takes the
+            ``conservative`` variants).
         structures: labelled test structures, or None for the first
             ``settings.num_test`` of the test split of ``settings.test_data``.
         settings: variants and test sizes.
@@ -262,8 +266,7 @@ def run(
     Raises:
         FileNotFoundError: the model file is missing.
     """
-    if not Path(model.spec).is_file():
-        raise FileNotFoundError(f"model file {model.spec!r} not found (an exported model.pt)")
+    model_kind(model.spec)  # FileNotFoundError for a missing model file
     out = Path(out)
     variants = {v: parse_variant(v, model.spec) for v in settings.variants}
     tests = (

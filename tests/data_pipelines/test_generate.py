@@ -10,8 +10,8 @@ import pytest
 from ase import Atoms
 from ase.calculators.emt import EMT
 
+from data_pipelines.dataset import iter_split
 from data_pipelines.generate import ELEMENTS, KINDS, generate_structures, main
-from data_pipelines.inspect import iter_split
 from data_pipelines.schema import Structure
 
 SEED = 3

@@ -81,7 +81,7 @@ def test_local_sweep_isolates_failures_and_is_idempotent(tmp_path):
     total = full["data"]["num_train_structures"]
     assert half["data"]["num_train_structures"] == round(0.5 * total)
 
-    from data_pipelines.inspect import iter_split
+    from data_pipelines.dataset import iter_split
     from data_pipelines.subsets import subset_threshold, subset_u
 
     root = str(study / "data")

@@ -132,7 +132,7 @@ def test_practical_command_on_a_trained_model(both_model, emt_shards, tmp_path):
     rows = summary["variants"]
     assert set(rows) == {"direct", "direct-rot2"}
     # the label errors agree with train.evaluate on the same split and force head
-    from data_pipelines.loader import load_manifest
+    from data_pipelines.dataset import load_manifest
     from train.evaluate import evaluate
 
     reference = evaluate(both_model, emt_shards, split="test", forces="direct")
