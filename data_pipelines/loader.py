@@ -1,24 +1,28 @@
 """Streaming shards into training: exactly once per epoch, resumable mid-epoch.
 
-How one epoch is laid out (all of it a pure function of seed, epoch, rank,
-world size and worker count, so every process agrees without talking):
+How one epoch is laid out is `data_pipelines.plan`: a pure function of seed,
+epoch, shard counts, world size, worker count and window size, so every
+process agrees without talking, and a plan is arrays over shards, never over
+structures. In short: shards are shuffled by (seed, epoch); each of the
+R x K global workers (rank-major, then DataLoader worker) takes one contiguous
+range of the concatenated sequence (sizes differ by at most one), cut into
+pieces at shard boundaries and grouped into windows of about `buffer_size`
+structures; each window is decoded once and streamed in a permuted order.
 
-1. The split's shards are shuffled by (seed, epoch) and their structures,
-   concatenated in that order, form the epoch's sequence of N structures.
-2. The R x K global workers (rank-major, then DataLoader worker) each take one
-   contiguous range of that sequence; range sizes differ by at most one. A
-   worker opens only the shards its range touches and skips whole packs
-   outside it without decoding them.
-3. Each worker shuffles its structures through a buffer seeded by
-   (seed, epoch, global worker), builds neighbour lists (vesin), packs batches
-   by atom and edge budget and collates them.
-4. Each batch carries how many structures its worker has consumed; the
-   loader keeps the latest count per worker, and which worker's batch the
-   DataLoader hands out next, as its state. Resuming replays each worker's
-   deterministic stream and skips what was consumed, and the workers before
-   the next one in turn send an empty marker first, so the DataLoader (which
-   always starts its turn at worker 0) yields the batches the interrupted run
-   would have produced, in the same order.
+1. A worker opens only the shards its range touches and skips whole packs
+   outside it without decoding them; it holds one window of decoded
+   structures at a time.
+2. It builds neighbour lists (vesin), packs batches by atom and edge budget
+   and collates them.
+3. Each batch carries the worker's stream position after its last structure
+   (structures dropped by a subset filter count too); the loader keeps the
+   latest position per worker, and which worker's batch the DataLoader hands
+   out next, as its state: a few integers per worker, whatever the data size.
+   Resuming starts each worker at the window holding its position (nothing
+   before it is read), and the workers before the next one in turn send an
+   empty marker first, so the DataLoader (which always starts its turn at
+   worker 0) yields the batches the interrupted run would have produced, in
+   the same order.
 
 Ranks can end an epoch with different numbers of batches (budgets pack
 differently); `equal_steps` pads the ranks that finish first with zero-weight
@@ -27,6 +31,7 @@ repeats of their last batch, so collective ops never hang, and counts them.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -36,6 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_pipelines.batching import AtomBudgetBatcher, collate, make_graph
 from data_pipelines.dataset import Dataset, open_dataset
+from data_pipelines.plan import EpochPlan, epoch_layout, plan_epoch
 from data_pipelines.schema import DataError, Structure
 from data_pipelines.subsets import subset_u
 
@@ -45,62 +51,8 @@ from data_pipelines.dataset import load_manifest, open_stream, resolve  # noqa: 
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
-
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng([int(k) for k in key])
-
-
-@dataclass
-class EpochPlan:
-    """The slice of one epoch that a single global worker streams."""
-
-    shards: list[dict]  # this epoch's shard order
-    starts: list[int]  # first structure index of each shard in the epoch sequence
-    begin: int
-    end: int
-
-
-def plan_epoch(
-    split_info: dict,
-    seed: int,
-    epoch: int,
-    global_worker: int,
-    num_global_workers: int,
-    shuffle: bool = True,
-) -> EpochPlan:
-    order = list(split_info["shards"])
-    if shuffle:
-        perm = _rng(seed, epoch, 7919).permutation(len(order))
-        order = [order[i] for i in perm]
-    starts = np.concatenate([[0], np.cumsum([s["num_structures"] for s in order])]).tolist()
-    total = starts[-1]
-    begin = global_worker * total // num_global_workers
-    end = (global_worker + 1) * total // num_global_workers
-    return EpochPlan(order, starts[:-1], begin, end)
-
-
-def iter_plan(data: Dataset, plan: EpochPlan, verify: bool = True) -> Iterator[Structure]:
-    """Structures of a plan's range in epoch order (before the buffer shuffle)."""
-    for shard, start in zip(plan.shards, plan.starts):
-        count = shard["num_structures"]
-        if start + count <= plan.begin or start >= plan.end:
-            continue
-        yield from data.read_shard(
-            shard, max(plan.begin - start, 0), min(plan.end - start, count), verify=verify
-        )
-
-
-def buffer_shuffle(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
-    buf: list = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        k = int(rng.integers(size))
-        out, buf[k] = buf[k], item
-        yield out
-    rng.shuffle(buf)
-    yield from buf
+# What a state's positions mean; states of another plan cannot resume mid-epoch.
+PLAN_VERSION = "windows-v1"
 
 
 @dataclass
@@ -116,8 +68,10 @@ class LoaderConfig:
         max_atoms: atom budget per batch.
         max_edges: edge budget per batch (None: unlimited).
         max_structures: structure cap per batch (None: unlimited).
-        shuffle: shard + buffer shuffle (False: manifest order).
-        buffer_size: structures held by each worker's shuffle buffer.
+        shuffle: shard + window shuffle (False: manifest order).
+        buffer_size: structures per shuffle window: each worker holds one
+            window of decoded structures (at least this many, plus at most one
+            shard) and streams it in a permuted order.
         seed: shuffle seed (combined with the epoch).
         num_workers: DataLoader worker processes per rank (0: in-process).
         dtype: float dtype of the batch tensors.
@@ -143,6 +97,60 @@ class LoaderConfig:
     verify_checksums: bool = True
 
 
+def shard_counts(data: Dataset, split: str) -> np.ndarray:
+    """(num_shards,) structures per shard of a split, manifest order (cached on data)."""
+    key = (__name__, split, "counts")
+    if key not in data.memo:
+        data.memo[key] = np.array(
+            [s["num_structures"] for s in data.split(split)["shards"]], dtype=np.int64
+        )
+    return data.memo[key]
+
+
+def worker_plan(
+    cfg: LoaderConfig, data: Dataset, epoch: int, rank: int, world_size: int, worker: int,
+    num_workers: int,
+) -> EpochPlan:
+    """The plan of one rank's DataLoader worker (num_workers 0 counts as one)."""
+    workers = max(num_workers, 1)
+    layout = epoch_layout(shard_counts(data, cfg.split), cfg.seed, epoch, cfg.shuffle)
+    return plan_epoch(layout, rank * workers + worker, world_size * workers, cfg.buffer_size)
+
+
+def positioned_stream(
+    cfg: LoaderConfig, data: Dataset, plan: EpochPlan, start: int = 0
+) -> Iterator[tuple[int, Structure]]:
+    """(stream position, structure) of a worker's plan from position `start` on,
+    after the subset filter (positions of dropped structures are skipped)."""
+    shards = data.split(cfg.split)["shards"]
+    thr = cfg.subset_threshold
+    keep_all = thr is None or thr >= 1.0
+    for k in range(plan.window_of(start), plan.num_windows):
+        base = int(plan.window_starts[k])
+        if not plan.shuffle:
+            # manifest order: stream piece by piece, holding nothing but a pack
+            for s, lo, hi in plan.window(k):
+                first = max(start - base, 0)
+                if first < hi - lo:
+                    items = data.read_shard(shards[s], int(lo + first), int(hi),
+                                            verify=cfg.verify_checksums)
+                    for j, item in enumerate(items, base + first):
+                        if keep_all or subset_u(item.source_id) <= thr:
+                            yield j, item
+                base += int(hi - lo)
+            continue
+        structures: list[Structure] = []
+        for s, lo, hi in plan.window(k):
+            structures.extend(
+                data.read_shard(shards[s], int(lo), int(hi), verify=cfg.verify_checksums)
+            )
+        order = plan.window_order(k)
+        for j in range(max(start - base, 0), len(order)):
+            item = structures[order[j]]
+            if keep_all or subset_u(item.source_id) <= thr:
+                yield base + j, item
+
+
 def worker_stream(
     cfg: LoaderConfig,
     data: Dataset,
@@ -151,22 +159,12 @@ def worker_stream(
     world_size: int,
     worker: int,
     num_workers: int,
-    skip: int = 0,
+    start: int = 0,
 ) -> Iterator[Structure]:
-    """One global worker's structures for one epoch, shuffled, minus the first `skip`."""
-    split_info = data.split(cfg.split)
-    workers = max(num_workers, 1)
-    g = rank * workers + worker
-    plan = plan_epoch(split_info, cfg.seed, epoch, g, world_size * workers, cfg.shuffle)
-    stream: Iterator[Structure] = iter_plan(data, plan, verify=cfg.verify_checksums)
-    if cfg.subset_threshold is not None and cfg.subset_threshold < 1.0:
-        thr = cfg.subset_threshold
-        stream = (s for s in stream if subset_u(s.source_id) <= thr)
-    if cfg.shuffle:
-        stream = buffer_shuffle(stream, cfg.buffer_size, _rng(cfg.seed, epoch, g, 104729))
-    for n, s in enumerate(stream):
-        if n >= skip:
-            yield s
+    """One global worker's structures for one epoch, in stream order, from position `start`."""
+    plan = worker_plan(cfg, data, epoch, rank, world_size, worker, num_workers)
+    for _, s in positioned_stream(cfg, data, plan, start):
+        yield s
 
 
 class ShardStream(IterableDataset):
@@ -178,37 +176,39 @@ class ShardStream(IterableDataset):
         self.world_size = world_size
         self.data = open_dataset(cfg.root)
         self.epoch = 0
-        self.skip: dict[int, int] = {}
+        self.positions: dict[int, int] = {}
         self.phase = 0
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        consumed = self.skip.get(worker, 0)
         if worker < self.phase:
             # DataLoader restarts its round-robin at worker 0; workers that had
             # already delivered in the interrupted round send one empty marker so
             # batches keep the uninterrupted order.
             yield {"_sentinel": True}
-        stream = worker_stream(
-            self.cfg,
-            self.data,
-            self.epoch,
-            self.rank,
-            self.world_size,
-            worker,
-            num_workers,
-            skip=consumed,
-        )
-        graphs = (make_graph(s, self.cfg.cutoff) for s in stream)
-        batcher = AtomBudgetBatcher(self.cfg.max_atoms, self.cfg.max_edges, self.cfg.max_structures)
-        dtype = _DTYPES[self.cfg.dtype]
         try:
-            for group in batcher(graphs):
-                consumed += len(group)
+            plan = worker_plan(self.cfg, self.data, self.epoch, self.rank, self.world_size,
+                               worker, num_workers)
+            pending: deque[int] = deque()  # positions of the graphs the batcher holds
+
+            def graphs():
+                for pos, s in positioned_stream(self.cfg, self.data, plan,
+                                                self.positions.get(worker, 0)):
+                    pending.append(pos)
+                    yield make_graph(s, self.cfg.cutoff)
+
+            batcher = AtomBudgetBatcher(self.cfg.max_atoms, self.cfg.max_edges,
+                                        self.cfg.max_structures)
+            dtype = _DTYPES[self.cfg.dtype]
+            for group in batcher(graphs()):
+                # the batcher has already pulled the graph that opens the next batch
+                for _ in range(len(group) - 1):
+                    pending.popleft()
+                position = pending.popleft() + 1
                 batch = collate(group, dtype)
                 batch["_worker"] = worker
-                batch["_consumed"] = consumed
+                batch["_position"] = position
                 batch["_epoch"] = self.epoch
                 yield batch
         except DataError as err:
@@ -225,7 +225,8 @@ class LoaderState:
 
     Attributes:
         epoch: the epoch being streamed.
-        consumed: structures each DataLoader worker has put into delivered batches.
+        positions: each DataLoader worker's stream position after the last
+            structure of its delivered batches (data_pipelines.plan).
         world_size: ranks of the run (a resume must match).
         num_workers: DataLoader workers per rank (a resume must match).
         batches: batches delivered this epoch.
@@ -235,7 +236,7 @@ class LoaderState:
     """
 
     epoch: int = 0
-    consumed: dict[int, int] = field(default_factory=dict)
+    positions: dict[int, int] = field(default_factory=dict)
     world_size: int = 1
     num_workers: int = 0
     batches: int = 0
@@ -263,18 +264,20 @@ class StreamingLoader:
     def manifest(self) -> dict:
         return self.dataset.data.manifest
 
+    def _fresh(self, epoch: int) -> LoaderState:
+        return LoaderState(epoch, {}, self.state.world_size, self.state.num_workers)
+
     def reset(self) -> None:
         """Back to the start of the current epoch (e.g. for another validation pass)."""
-        self.state = LoaderState(self.state.epoch, {}, self.state.world_size,
-                                 self.state.num_workers, 0)
+        self.state = self._fresh(self.state.epoch)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.state.epoch:
-            self.state = LoaderState(epoch, {}, self.state.world_size, self.state.num_workers, 0)
+            self.state = self._fresh(epoch)
 
     def __iter__(self) -> Iterator[dict]:
         self.dataset.epoch = self.state.epoch
-        self.dataset.skip = dict(self.state.consumed)
+        self.dataset.positions = dict(self.state.positions)
         self.dataset.phase = self.state.next_worker
         loader = DataLoader(
             self.dataset,
@@ -289,39 +292,63 @@ class StreamingLoader:
             if "_error" in batch:
                 raise DataError(*batch["_error"])
             worker = batch.pop("_worker")
-            self.state.consumed[worker] = batch.pop("_consumed")
+            self.state.positions[worker] = batch.pop("_position")
             self.state.batches += 1
             # not batches % workers: once a worker runs out the turn skips it
             self.state.next_worker = (worker + 1) % max(self.cfg.num_workers, 1)
             batch.pop("_epoch")
             yield batch
 
+    def _plan_key(self) -> dict:
+        # what fixes the meaning of a position besides the layout
+        return {"version": PLAN_VERSION, "window": self.cfg.buffer_size,
+                "seed": self.cfg.seed, "shuffle": self.cfg.shuffle}
+
     def state_dict(self) -> dict:
+        """The position, a few integers per DataLoader worker (JSON-serialisable)."""
         return {
             "epoch": self.state.epoch,
-            "consumed": {str(k): v for k, v in self.state.consumed.items()},
+            "positions": {str(k): v for k, v in self.state.positions.items()},
             "world_size": self.state.world_size,
             "num_workers": self.state.num_workers,
             "batches": self.state.batches,
             "next_worker": self.state.next_worker,
+            "plan": self._plan_key(),
         }
 
     def load_state_dict(self, sd: dict) -> None:
+        """Restores a position saved by `state_dict` (same layout and plan settings).
+
+        Raises:
+            ValueError: naming what differs (world size, workers, window, seed,
+                shuffle) or saying that the state comes from an older plan.
+        """
         if sd["world_size"] != self.state.world_size or sd["num_workers"] != self.state.num_workers:
             raise ValueError(
                 "cannot resume mid-epoch with a different layout: saved world_size="
                 f"{sd['world_size']} num_workers={sd['num_workers']}, now "
                 f"{self.state.world_size} and {self.state.num_workers}"
             )
-        workers = max(sd["num_workers"], 1)
+        if "positions" not in sd:
+            if any(sd.get("consumed", {}).values()):
+                raise ValueError(
+                    "loader state 'consumed' comes from the buffer-shuffle loader, whose "
+                    "epoch order differs: it cannot resume mid-epoch exactly; resume from a "
+                    "checkpoint at an epoch boundary or start the epoch again"
+                )
+            sd = {**sd, "positions": {}, "plan": self._plan_key()}
+        saved, now = sd.get("plan", {}), self._plan_key()
+        if saved != now:
+            diff = ", ".join(f"{k}: saved {saved.get(k)!r}, now {v!r}"
+                             for k, v in now.items() if saved.get(k) != v)
+            raise ValueError(f"cannot resume mid-epoch with other plan settings ({diff})")
         self.state = LoaderState(
             sd["epoch"],
-            {int(k): v for k, v in sd["consumed"].items()},
+            {int(k): v for k, v in sd["positions"].items()},
             sd["world_size"],
             sd["num_workers"],
             sd.get("batches", 0),
-            # states saved before next_worker existed: exact while no worker had run out
-            sd.get("next_worker", sd.get("batches", 0) % workers),
+            sd.get("next_worker", 0),
         )
 
 
@@ -369,10 +396,12 @@ def epoch_ids(
     epoch: int,
     seed: int = 0,
     shuffle: bool = True,
+    buffer_size: int = 1024,
 ) -> list[str]:
     """Ids one rank streams in one epoch (worker by worker), without neighbour lists."""
     data = open_dataset(root)
-    cfg = LoaderConfig(root=data, split=split, seed=seed, shuffle=shuffle)
+    cfg = LoaderConfig(root=data, split=split, seed=seed, shuffle=shuffle,
+                       buffer_size=buffer_size)
     out = []
     for w in range(max(workers, 1)):
         out.extend(

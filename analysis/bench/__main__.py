@@ -1,10 +1,11 @@
 """make bench: every benchmark, each against a baseline measured in the same run.
 
-    python -m analysis.bench --out runs/bench [--only data,models,train,corrections]
+    python -m analysis.bench --out runs/bench [--only data,plan,models,train,corrections]
 
 Writes OUT/<name>.json per benchmark and OUT/results.json with all of them;
 BENCHMARKS.md summarises the figures. Each runs alone too:
-``python -m analysis.bench.data`` (the data pipeline), ``.models`` (model
+``python -m analysis.bench.data`` (the data pipeline), ``.plan`` (one epoch's
+plan at 100M structures on 512 ranks), ``.models`` (model
 inference), ``.training`` (the training loop), ``.corrections`` (inference-time
 corrections).
 """
@@ -27,6 +28,12 @@ def _data(argv: list[str]) -> object:
     return data.main(argv)
 
 
+def _plan(argv: list[str]) -> object:
+    from analysis.bench import plan
+
+    return plan.main(argv)
+
+
 def _models(argv: list[str]) -> object:
     from analysis.bench import models
 
@@ -47,6 +54,7 @@ def _corrections(argv: list[str]) -> object:
 
 BENCHMARKS: dict[str, Callable[[list[str]], object]] = {
     "data": _data,
+    "plan": _plan,
     "models": _models,
     "train": _training,
     "corrections": _corrections,

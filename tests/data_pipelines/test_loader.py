@@ -204,3 +204,37 @@ def test_equal_steps_pads_the_rank_that_runs_out():
     mp.spawn(_equal_steps_worker, args=(2, port, [5, 3], out), nprocs=2, join=True)
     assert out[0] == (5, 0)
     assert out[1] == (5, 2)  # two padded steps, counted
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_across_windows_with_a_subset_filter(root, workers):
+    # small windows: a resume starts inside a later window; the subset filter drops
+    # structures, whose positions count so the state still names the next one
+    from data_pipelines.subsets import subset_u
+
+    cfg = LoaderConfig(root=root, cutoff=4.0, max_atoms=40, num_workers=workers, seed=5,
+                       buffer_size=7, subset_threshold=0.6)
+    full = StreamingLoader(cfg)
+    full.set_epoch(1)
+    reference = list(full)
+    ids = sum((b[K.IDS] for b in reference), [])
+    assert sorted(ids) == sorted(i for i in _train_ids(root) if subset_u(i) <= 0.6)
+    n = len(reference)
+    for stop in (1, n // 3, n // 2 + 1, n - 1):
+        got = _resumed(cfg, 1, stop)
+        assert len(got) == n
+        assert all(_same_batch(a, b) for a, b in zip(got, reference)), stop
+
+
+def test_state_from_the_buffer_shuffle_loader_is_refused_mid_epoch(root):
+    loader = StreamingLoader(LoaderConfig(root=root))
+    old = {"epoch": 2, "consumed": {"0": 17}, "world_size": 1, "num_workers": 0,
+           "batches": 3, "next_worker": 0}
+    with pytest.raises(ValueError, match="consumed"):
+        loader.load_state_dict(old)
+    loader.load_state_dict({**old, "consumed": {}})  # an epoch start still resumes
+    assert loader.state.epoch == 2 and loader.state.positions == {}
+    state = loader.state_dict()
+    state["plan"]["window"] = 99
+    with pytest.raises(ValueError, match="window: saved 99, now 1024"):
+        loader.load_state_dict(state)
