@@ -73,6 +73,7 @@ def save(
     world_size: int,
     keep: int,
     identity: dict | None = None,
+    pinned: tuple[int, ...] = (),
 ) -> Path:
     """Collective: every rank calls it at the same step.
 
@@ -80,6 +81,7 @@ def save(
         identity: the settings that determine the run's tensors and data
             (``train.resume.identity``), recorded so a later start can tell
             whether this checkpoint belongs to it.
+        pinned: steps whose checkpoints retention never removes.
     """
     root = Path(run_dir) / "checkpoints"
     staging = root / ".incomplete"
@@ -100,7 +102,9 @@ def save(
         (staging / tag / META).write_text(json.dumps(meta, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging / tag, final)
-        for old in list_valid(root)[:-keep] if keep > 0 else []:
+        pinned_tags = {tag_of(p) for p in pinned}
+        unpinned = [p for p in list_valid(root) if p.name not in pinned_tags]
+        for old in unpinned[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final

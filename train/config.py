@@ -128,6 +128,9 @@ class TrainerConfig:
     val_every: int = 50
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
+    # steps that always get a checkpoint, never removed by keep_checkpoints
+    # (branch points of a WSD ladder's cooldowns)
+    pin_steps: list[int] = field(default_factory=list)
     ema_decay: float = 0.99
     augment: bool | None = None  # random O(3) rotations; None: on for pet, off otherwise
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops

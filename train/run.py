@@ -141,6 +141,12 @@ def run(cfg: TrainConfig) -> dict:
         train_loader.state.epoch,
         final_val,
     )
+    trivial = trainer.trivial_metrics()
+    summary["baseline"] = trivial
+    summary["not_learned"] = rundir.not_learned(final_val, trivial)
+    summary["convergence"] = rundir.convergence(
+        rundir.read_rows(run_dir), "val/forces_mae", final_val.get("val/forces_mae"), progress.step
+    )
     summary["total_time_s"] = time.time() - t_start
     if info.is_main:
         export_model(engine.module, ema, cfg, stats, run_dir / "model.pt")

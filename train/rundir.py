@@ -88,9 +88,13 @@ def summary(
         "size": cfg.model.size,
         "knobs": dict(cfg.model.knobs),
         "num_params": model.num_parameters(),
+        "num_params_non_embedding": model.num_parameters_non_embedding(),
         "flops_per_atom": flops["forward_backward"],
         "flops_per_atom_forward": flops["forward"],
         "total_flops": flops["forward_backward"] * progress.atoms_seen,
+        # training compute: forward+backward FLOPs per atom, measured on a
+        # reference batch (matrix products and attention), times atoms seen
+        "train_flops": flops["forward_backward"] * progress.atoms_seen,
         "structures_seen": progress.structures_seen,
         "atoms_seen": progress.atoms_seen,
         "wall_time_s": progress.wall_time_s,
@@ -107,6 +111,63 @@ def summary(
         "model_config": model.describe(),
         **final_val,
     }
+
+
+# A run whose metric improved by less than this over its last fifth is converged.
+CONVERGED_REL_CHANGE = 0.02
+# A metric within this fraction of the trivial predictor's was not learned.
+NOT_LEARNED_FRACTION = 0.95
+
+
+def convergence(rows: list[dict], metric: str, final: float | None, steps: int) -> dict:
+    """Whether the validation ``metric`` still improved over the last fifth of the run.
+
+    ``rel_slope`` is the least-squares slope of the metric against the step over
+    that window, times the window's length, over the metric's mean there: the
+    relative change across the window (negative: still falling).
+
+    Args:
+        rows: metrics.jsonl rows (validation rows carry ``metric``).
+        final: the final validation value (EMA weights), at ``steps``.
+        steps: the run's last step.
+    """
+    start = 0.8 * steps
+    points = [(r["step"], r[metric]) for r in rows if metric in r and r["step"] >= start]
+    if final is not None:
+        points = [p for p in points if p[0] != steps] + [(steps, final)]
+    out: dict[str, Any] = {"metric": metric, "window": "last fifth", "num_points": len(points)}
+    if len(points) < 3:
+        return {**out, "rel_slope": None, "verdict": "unknown (under 3 validation points)"}
+    x = [float(p[0]) for p in points]
+    y = [float(p[1]) for p in points]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxx = sum((a - mx) ** 2 for a in x)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sxx if sxx > 0 else 0.0
+    rel = slope * (max(x) - min(x)) / my if my > 0 else 0.0
+    verdict = "converged" if rel > -CONVERGED_REL_CHANGE else "still-improving"
+    return {**out, "rel_slope": rel, "verdict": verdict}
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl as rows (a torn last line is skipped)."""
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def not_learned(final_val: dict[str, float], trivial: dict[str, float]) -> list[str]:
+    """Validation metrics at (or above) the trivial predictor's level."""
+    out = []
+    for key in ("energy_per_atom_mae", "forces_mae", "stress_mae"):
+        value, floor = final_val.get(f"val/{key}"), trivial.get(key)
+        if value is not None and floor and value >= NOT_LEARNED_FRACTION * floor:
+            out.append(f"val/{key}")
+    return out
 
 
 def write_summary(run_dir: Path, values: dict[str, Any]) -> None:

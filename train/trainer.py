@@ -210,6 +210,27 @@ class Trainer:
         self.model.train()
         return sums.metrics()
 
+    def trivial_metrics(self) -> dict:
+        """Validation errors of the trivial predictors, the floor a learned model
+        must clear: the composition baseline for energy, zero forces and stress."""
+        if self.val_loader is None:
+            return {}
+        self.val_loader.reset()
+        baseline = self.model.composition_baseline.double()
+        sums = ErrorSums()
+        for batch in self.val_loader:
+            per_atom = baseline[batch[K.SPECIES]]
+            energy = torch.zeros(len(batch[K.NUM_ATOMS]), dtype=torch.float64)
+            energy.index_add_(0, batch[K.BATCH], per_atom)
+            out = {
+                K.ENERGY: energy,
+                K.FORCES: torch.zeros_like(batch[K.POSITIONS], dtype=torch.float64),
+                K.STRESS: torch.zeros(len(batch[K.NUM_ATOMS]), 3, 3, dtype=torch.float64),
+            }
+            sums = sums + ErrorSums.of_batch(batch, out)
+        all_reduce_(sums.table)
+        return {k.split("/", 1)[1]: v for k, v in sums.metrics("trivial").items()}
+
     # ---- the loop -------------------------------------------------------------------
 
     def fit(self) -> str:
@@ -331,8 +352,10 @@ class Trainer:
                 p.last_val = self.validate()
                 self.logger.log({"step": p.step, **p.last_val})
             stop = self._stop_signal is not None or bool(flags[1] > 0)
-            if stop or (
-                cfg.trainer.checkpoint_every and p.step % cfg.trainer.checkpoint_every == 0
+            if (
+                stop
+                or (cfg.trainer.checkpoint_every and p.step % cfg.trainer.checkpoint_every == 0)
+                or p.step in cfg.trainer.pin_steps
             ):
                 self.save(time.time() - t_wall)
             if stop:
@@ -363,4 +386,5 @@ class Trainer:
             self.info.world_size,
             self.cfg.trainer.keep_checkpoints,
             identity=identity(self.cfg),
+            pinned=tuple(self.cfg.trainer.pin_steps),
         )

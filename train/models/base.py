@@ -221,6 +221,23 @@ class AtomisticModel(nn.Module):
         """Exact number of parameters (frozen ones included)."""
         return sum(p.numel() for p in self.parameters())
 
+    def embedding_parameter_names(self) -> set[str]:
+        """Parameters that are per-species lookup tables (one row per element),
+        which scaling laws leave out of N: most rows never see data. By default
+        the weights of every ``nn.Embedding``; a family adds its own tables."""
+        return {
+            f"{name}.{pname}" if name else pname
+            for name, module in self.named_modules()
+            if isinstance(module, torch.nn.Embedding)
+            for pname, _ in module.named_parameters(recurse=False)
+        }
+
+    def num_parameters_non_embedding(self) -> int:
+        """Parameters without the per-species tables (the N of scaling laws);
+        per-element baselines are buffers, never parameters."""
+        skip = self.embedding_parameter_names()
+        return sum(p.numel() for n, p in self.named_parameters() if n not in skip)
+
     def describe(self) -> dict[str, Any]:
         """Every knob of this model, for run records."""
         return {

@@ -184,6 +184,11 @@ class MACEModel(AtomisticModel):
         table[list(config.elements)] = torch.arange(len(config.elements))
         self.register_buffer("element_index", table, persistent=False)
 
+    def embedding_parameter_names(self) -> set[str]:
+        """mace's species embedding is a linear map of the one-hot element vector:
+        a lookup table in all but name."""
+        return {n for n, _ in self.named_parameters() if ".node_embedding." in f".{n}"}
+
     def atom_outputs(self, graph: ModelGraph, direct: bool) -> AtomOutputs:
         index = self.element_index[graph.species]
         if bool((index < 0).any()):
