@@ -21,16 +21,27 @@ from slurm.task import train_and_evaluate
 class TrainJob(submitit.helpers.Checkpointable):
     """Picklable callable that submitit runs on the allocated node(s)."""
 
-    def __call__(self, overrides: list[str], run_dir: str, stages: list | None = None) -> dict:
+    def __call__(
+        self,
+        overrides: list[str],
+        run_dir: str,
+        stages: list | None = None,
+        branches: list[dict] | None = None,
+    ) -> dict:
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             # one process per GPU/task: RANK, WORLD_SIZE, MASTER_ADDR/PORT, LOCAL_RANK
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         os.environ.setdefault("WANDB_MODE", "offline")
         stop = "trainer.stop_signals=[SIGUSR1,SIGUSR2]"
+        branches = [{**b, "overrides": [*b["overrides"], stop]} for b in branches or []]
         # evaluation stages run once, on the first task, after training
         result = train_and_evaluate(
-            [*overrides, stop], Path(run_dir), stages, evaluate=env.global_rank == 0
+            [*overrides, stop],
+            Path(run_dir),
+            stages,
+            evaluate=env.global_rank == 0,
+            branches=branches,
         )
         if result.get("status") == "preempted":
             import signal
@@ -42,7 +53,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         return result
 
     def checkpoint(
-        self, overrides: list[str], run_dir: str, stages: list | None = None
+        self,
+        overrides: list[str],
+        run_dir: str,
+        stages: list | None = None,
+        branches: list[dict] | None = None,
     ) -> submitit.helpers.DelayedSubmission:
         # the training loop already saved; the requeued job resumes from it
-        return submitit.helpers.DelayedSubmission(TrainJob(), overrides, run_dir, stages)
+        return submitit.helpers.DelayedSubmission(TrainJob(), overrides, run_dir, stages, branches)

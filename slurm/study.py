@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slurm import ladder, tuning
+
 # model axis values -> (model group, forces group)
 MODEL_CHOICES = {
     "pet-direct": ("pet", "direct"),
@@ -27,7 +29,8 @@ MODEL_CHOICES = {
 @dataclass
 class BudgetConfig:
     """rule: steps (fixed optimiser steps) | epochs | atoms_per_param (atoms seen =
-    ratio x parameters, tokens-per-parameter style)."""
+    ratio x parameters, tokens-per-parameter style) | wsd-ladder (a constant-rate
+    main run of `steps` steps with cooldown branches, slurm/ladder.py)."""
 
     rule: str = "steps"
     steps: int = 100
@@ -35,6 +38,11 @@ class BudgetConfig:
     atoms_per_param: float | None = None
     min_steps: int = 10
     max_steps: int = 100_000
+    # wsd-ladder (slurm/ladder.py): cooldown branches at these fractions of
+    # `steps`, each decaying over decay_fraction x its branch step
+    decay_at: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+    decay_fraction: float = 0.2
+    warmup_fraction: float = 0.05
 
 
 @dataclass
@@ -53,17 +61,39 @@ class StudyConfig:
     data: StudyDataConfig = field(default_factory=StudyDataConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     train: list[str] = field(default_factory=list)  # fixed overrides for every run
-    # evaluation stages on each trained model (slurm/stages.py): {name, workflow, args}
+    # evaluation stages on each trained model (slurm/stages.py): {name, workflow, settings}
     evaluate: list[Any] = field(default_factory=list)
+    # tuned hyper-parameters (slurm/tuning.py): {override key: [values]}
+    tune: dict[str, Any] = field(default_factory=dict)
+    tune_at: dict[str, Any] = field(default_factory=dict)  # tune only at these axis values
+    tune_metric: str = "val/forces_mae"  # lower is better
 
 
 @dataclass
 class RunSpec:
+    """One run of a study, as the sweep schedules it.
+
+    Attributes:
+        branches: cooldown branches of a WSD-ladder main run, trained after it
+            in the same job (each starts from the main run's checkpoint at
+            ``start_step``).
+        start_step: for a branch, the main run's step it starts from.
+        waiting: why the run cannot start yet (a transferred tuned value whose
+            tuning runs have not finished), or None.
+    """
+
     name: str
     axes: dict[str, Any]
     overrides: list[str]
     run_dir: Path
     stages: list = field(default_factory=list)  # slurm.stages.Stage, run after training
+    branches: list[RunSpec] = field(default_factory=list)
+    start_step: int | None = None
+    waiting: str | None = None
+
+    def all_runs(self) -> list[RunSpec]:
+        """This run and its branches."""
+        return [self, *self.branches]
 
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -173,63 +203,128 @@ def _override_value(overrides: list[str], key: str) -> str | None:
     return None
 
 
+def _point_overrides(point: dict[str, Any], base: list[str]) -> tuple[list[str], str, str, dict]:
+    """Training overrides of one grid point; its family, size and knobs."""
+    over = list(base)
+    family, size, knobs = "pet", _override_value(base, "size") or "tiny", {}
+    for key, value in point.items():
+        if key == "model":
+            if value not in MODEL_CHOICES:
+                raise ValueError(
+                    f"model axis value '{value}': choose from {', '.join(MODEL_CHOICES)}"
+                )
+            family, forces = MODEL_CHOICES[value]
+            over += [f"model={family}", f"forces={forces}"]
+        elif key == "size":
+            size = str(value)
+            over.append(f"size={value}")
+        elif key == "data_fraction":
+            over.append(f"data.fraction={value}")
+        elif key == "seed":
+            over.append(f"seed={value}")
+        else:
+            over.append(f"{key}={value}")
+            if key.startswith("model.knobs."):
+                knobs[key.split(".")[-1]] = value
+    return over, family, size, knobs
+
+
+def _identity_overrides(study: StudyConfig, name: str, run_dir: Path, point: dict) -> list[str]:
+    return [
+        f"run_dir={run_dir}",
+        f"study_name={study.name}",
+        f"name={name}",
+        f"logger.group={study.name}",
+        *[f"+axes.{k}={v}" for k, v in point.items()],
+    ]
+
+
+def _tuned_values(
+    study: StudyConfig, point: dict, study_dir: Path
+) -> tuple[list[dict], str | None]:
+    """The tuned combinations to run at ``point``, or why the point waits."""
+    combos = tuning.combinations(study.tune)
+    if not study.tune or not study.tune_at or tuning.at_tuning_point(point, study.tune_at):
+        return combos, None
+    source = tuning.tuning_point(point, study.tune_at)
+    base = run_name(source)
+    dirs = [study_dir / "runs" / (base + tuning.suffix(c)) for c in combos]
+    chosen = tuning.best(dirs, combos, study.tune_metric)
+    if chosen is None:
+        return [combos[0]], f"waits for the tuning runs of {base} to finish"
+    return [chosen], None
+
+
 def expand(study: StudyConfig, study_dir: Path, data_root: str, extra: list[str]) -> list[RunSpec]:
-    """The grid: one RunSpec per combination of axis values, in a stable order."""
+    """The grid: one RunSpec per combination of axis values (and tuned values),
+    in a stable order; a WSD ladder's branches hang off their main run."""
     from data_pipelines.dataset import load_manifest
     from slurm.stages import parse_stages
 
     stages = parse_stages(study.evaluate)
-
     axes = {k: list(v) if isinstance(v, list | tuple) else [v] for k, v in study.axes.items()}
+    bad_at = sorted(set(study.tune_at) - set(axes))
+    if bad_at:
+        raise ValueError(f"study.tune_at names {bad_at}, which are not axes ({', '.join(axes)})")
     train = load_manifest(data_root)["splits"].get("train", {})
     train_atoms = float(train.get("num_atoms", 0))
     mean_atoms = train_atoms / max(1, train.get("num_structures", 1))
     runs = []
     for values in itertools.product(*axes.values()):
         point = dict(zip(axes, values))
-        name = run_name(point)
-        over = [f"data.root={data_root}", *study.train]
-        family, size, knobs = "pet", _override_value(study.train, "size") or "tiny", {}
-        for key, value in point.items():
-            if key == "model":
-                if value not in MODEL_CHOICES:
-                    raise ValueError(
-                        f"model axis value '{value}': choose from {', '.join(MODEL_CHOICES)}"
-                    )
-                family, forces = MODEL_CHOICES[value]
-                over += [f"model={family}", f"forces={forces}"]
-            elif key == "size":
-                size = str(value)
-                over.append(f"size={value}")
-            elif key == "data_fraction":
-                over.append(f"data.fraction={value}")
-            elif key == "seed":
-                over.append(f"seed={value}")
-            else:
-                over.append(f"{key}={value}")
-                if key.startswith("model.knobs."):
-                    knobs[key.split(".")[-1]] = value
-        over += extra
-        max_atoms = int(_override_value(over[::-1], "data.max_atoms") or 256)
-        fraction = float(point.get("data_fraction", 1.0))
-        budget_over, budget_record = budget_overrides(
-            study.budget, family, size, knobs, max_atoms, fraction * train_atoms, mean_atoms
+        over, family, size, knobs = _point_overrides(
+            point, [f"data.root={data_root}", *study.train]
         )
-        run_dir = study_dir / "runs" / name
-        over += budget_over
-        over += [
-            f"run_dir={run_dir}",
-            f"study_name={study.name}",
-            f"name={name}",
-            f"logger.group={study.name}",
-        ]
-        over += [f"+axes.{k}={v}" for k, v in point.items()]
-        over += [f"+budget.{k}={v}" for k, v in budget_record.items()]
-        runs.append(RunSpec(name, point, over, run_dir, stages))
-    names = [r.name for r in runs]
+        combos, waiting = _tuned_values(study, point, study_dir)
+        for combo in combos:
+            name = run_name(point) + tuning.suffix(combo)
+            run_dir = study_dir / "runs" / name
+            base = [*over, *extra, *tuning.overrides(combo)]
+            max_atoms = int(_override_value(base[::-1], "data.max_atoms") or 256)
+            if study.budget.rule == "wsd-ladder":
+                runs.append(_ladder(study, point, name, run_dir, base, stages, waiting))
+                continue
+            fraction = float(point.get("data_fraction", 1.0))
+            budget_over, budget_record = budget_overrides(
+                study.budget, family, size, knobs, max_atoms, fraction * train_atoms, mean_atoms
+            )
+            spec_over = [*base, *budget_over, *_identity_overrides(study, name, run_dir, point)]
+            spec_over += [f"+budget.{k}={v}" for k, v in budget_record.items()]
+            runs.append(RunSpec(name, point, spec_over, run_dir, stages, waiting=waiting))
+    names = [r.name for spec in runs for r in spec.all_runs()]
     if len(set(names)) != len(names):
         raise ValueError("two runs of the grid got the same name; make axis values distinct")
     return runs
+
+
+def _ladder(study, point, name, run_dir, base, stages, waiting) -> RunSpec:
+    """A WSD ladder's main run (no evaluation: it never cooled down) and branches."""
+    b = study.budget
+    branches = ladder.plan(b.steps, list(b.decay_at), b.decay_fraction)
+    warm = ladder.warmup_steps(b.steps, b.warmup_fraction)
+    record = {"rule": "wsd-ladder", "steps": b.steps, "decay_fraction": b.decay_fraction}
+    main_over = [*base, *ladder.main_overrides(b.steps, warm, branches)]
+    main_over += _identity_overrides(study, name, run_dir, point)
+    main_over += [f"+budget.{k}={v}" for k, v in {**record, "role": "main"}.items()]
+    main = RunSpec(name, point, main_over, run_dir, [], waiting=waiting)
+    for br in branches:
+        br_name = f"{name}_cd{br.index}"
+        br_dir = run_dir.parent / br_name
+        br_over = [*base, *ladder.branch_overrides(br, warm)]
+        br_over += _identity_overrides(study, br_name, br_dir, point)
+        info = {
+            **record,
+            "role": "cooldown",
+            "main": name,
+            "decay_at": br.decay_at,
+            "branch_step": br.branch_step,
+            "cooldown_steps": br.cooldown_steps,
+        }
+        br_over += [f"+budget.{k}={v}" for k, v in info.items()]
+        main.branches.append(
+            RunSpec(br_name, point, br_over, br_dir, stages, start_step=br.branch_step)
+        )
+    return main
 
 
 def run_state(run_dir: Path) -> str:

@@ -101,6 +101,19 @@ class SweepStopped(RuntimeError):
         )
 
 
+def branch_args(spec: RunSpec, extra: list[str]) -> list[dict]:
+    """A WSD-ladder run's branches as plain data (jobs pickle them)."""
+    return [
+        {
+            "overrides": [*b.overrides, *extra],
+            "run_dir": str(b.run_dir),
+            "stages": b.stages,
+            "start_step": b.start_step,
+        }
+        for b in spec.branches
+    ]
+
+
 def run_local(runs: list[RunSpec]) -> dict[str, dict]:
     """Trains and evaluates each run in this process, one after another.
 
@@ -121,10 +134,19 @@ def run_local(runs: list[RunSpec]) -> dict[str, dict]:
             print(f"[{k}/{len(runs)}] {spec.name}", flush=True)
             t0 = time.time()
             result = train_and_evaluate(
-                [*spec.overrides, stop_override], spec.run_dir, spec.stages, progress=True
+                [*spec.overrides, stop_override],
+                spec.run_dir,
+                spec.stages,
+                progress=True,
+                branches=branch_args(spec, [stop_override]),
             )
             results[spec.name] = result
             print("  " + _one_line(spec, result, time.time() - t0), flush=True)
+            for branch in spec.branches:
+                done = (result.get("branches") or {}).get(branch.name)
+                if done is not None:
+                    results[branch.name] = done
+                    print("  " + _one_line(branch, done, time.time() - t0), flush=True)
             signum = result.get("signal") if result.get("status") == "preempted" else None
             if signum is not None or asked:
                 raise SweepStopped(signum or asked[0], spec.name, results)
@@ -141,7 +163,9 @@ def submit_slurm(runs: list[RunSpec], cluster_cfg, study_dir: Path, name: str) -
     executor = make_executor(cluster_cfg, study_dir / "submitit" / "%j", job_name=name)
     with executor.batch():
         jobs = [
-            executor.submit(TrainJob(), spec.overrides, str(spec.run_dir), spec.stages)
+            executor.submit(
+                TrainJob(), spec.overrides, str(spec.run_dir), spec.stages, branch_args(spec, [])
+            )
             for spec in runs
         ]
     ids = {spec.name: job.job_id for spec, job in zip(runs, jobs)}
@@ -154,7 +178,18 @@ def submit_slurm(runs: list[RunSpec], cluster_cfg, study_dir: Path, name: str) -
     return ids
 
 
-def sweep(args: list[str]) -> dict:
+def _needs_work(spec: RunSpec) -> list[str]:
+    """What is left of a run (and its branches): training or evaluation stages."""
+    left = []
+    for run in spec.all_runs():
+        if run_state(run.run_dir) != "finished":
+            left.append(f"{run.name} to train")
+        else:
+            left += [f"{run.name} eval {s.name}" for s in missing_stages(run.run_dir, run.stages)]
+    return left
+
+
+def sweep(args: list[str], _pass: int = 1) -> dict:
     from slurm.cluster import ClusterConfig, _to_plain
     from slurm.slurmctl import job_state
 
@@ -166,6 +201,7 @@ def sweep(args: list[str]) -> dict:
     cluster_cfg = ClusterConfig.from_mapping(_to_plain(cfg.cluster))
     data_root = prepare_data(study, study_dir)
     runs = expand(study, study_dir, data_root, train_args)
+    every = [r for spec in runs for r in spec.all_runs()]
     write_text(
         study_dir / "study.json",
         json.dumps(
@@ -173,9 +209,11 @@ def sweep(args: list[str]) -> dict:
                 "name": study.name,
                 "axes": study.axes,
                 "budget": OmegaConf.to_container(OmegaConf.structured(study.budget)),
+                "tune": dict(study.tune),
+                "tune_at": dict(study.tune_at),
                 "data_root": data_root,
                 "evaluate": [vars(s) for s in (runs[0].stages if runs else [])],
-                "runs": {r.name: {"axes": r.axes, "overrides": r.overrides} for r in runs},
+                "runs": {r.name: {"axes": r.axes, "overrides": r.overrides} for r in every},
             },
             indent=1,
             default=str,
@@ -186,18 +224,18 @@ def sweep(args: list[str]) -> dict:
         if (study_dir / "jobs.json").exists()
         else {}
     )
-    todo = []
+    todo, waiting = [], []
     for spec in runs:
-        state = run_state(spec.run_dir)
-        if state == "finished":
-            missing = missing_stages(spec.run_dir, spec.stages)
-            if not missing:
-                print(f"{spec.name}: finished, skipped")
-                continue
-            print(
-                f"{spec.name}: finished; evaluation stages to run: "
-                + ", ".join(s.name for s in missing)
-            )
+        left = _needs_work(spec)
+        if not left:
+            print(f"{spec.name}: finished, skipped")
+            continue
+        if spec.waiting:
+            print(f"{spec.name}: {spec.waiting}")
+            waiting.append(spec)
+            continue
+        if run_state(spec.run_dir) == "finished":
+            print(f"{spec.name}: finished; still to do: {', '.join(left)}")
         if (
             cluster_cfg.kind == "slurm"
             and spec.name in jobs
@@ -206,12 +244,22 @@ def sweep(args: list[str]) -> dict:
             print(f"{spec.name}: job {jobs[spec.name]} still queued or running, skipped")
             continue
         todo.append(spec)
-    print(f"study {study.name}: {len(runs)} runs, {len(todo)} to run, in {study_dir}", flush=True)
+    print(
+        f"study {study.name}: {len(every)} runs, {len(todo)} jobs to run"
+        + (f", {len(waiting)} waiting for tuning runs" if waiting else "")
+        + f", in {study_dir}",
+        flush=True,
+    )
     if not todo:
         return {}
-    if cluster_cfg.kind == "local":
-        return run_local(todo)
-    return submit_slurm(todo, cluster_cfg, study_dir, study.name)
+    if cluster_cfg.kind != "local":
+        if waiting:
+            print("re-run this command once the tuning runs finish, to submit the rest")
+        return submit_slurm(todo, cluster_cfg, study_dir, study.name)
+    results = run_local(todo)
+    if waiting and _pass == 1:  # the tuned values are known now: run the rest
+        results.update(sweep(args, _pass=2))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep error: {err}", file=sys.stderr)
         return 2
     failed = [k for k, v in results.items() if isinstance(v, dict) and v.get("status") == "failed"]
+    failed += [  # a failed branch of a WSD ladder
+        k
+        for k, v in results.items()
+        if isinstance(v, dict)
+        and any(b.get("status") == "failed" for b in (v.get("branches") or {}).values())
+    ]
     failed += [  # a failed evaluation stage also fails the command (its error file says why)
         k
         for k, v in results.items()

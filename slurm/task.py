@@ -43,9 +43,19 @@ def train_and_evaluate(
     stages: list | None = None,
     progress: bool = False,
     evaluate: bool = True,
+    branches: list[dict] | None = None,
 ) -> dict:
     """Trains the run unless it already finished, then runs its missing
-    evaluation stages (slurm/stages.py); the result holds both."""
+    evaluation stages (slurm/stages.py); the result holds both.
+
+    Args:
+        branches: cooldown branches of a WSD ladder (slurm/ladder.py), each
+            ``{"overrides", "run_dir", "stages", "start_step"}``, trained after
+            this run from its checkpoint at ``start_step``; their results go
+            under ``result["branches"]``. A branch stopped by a signal marks the
+            whole result preempted, so the job is requeued.
+    """
+    from slurm.ladder import seed_branch
     from slurm.stages import run_stages
     from slurm.study import run_state
 
@@ -55,4 +65,23 @@ def train_and_evaluate(
         result = train_once(overrides, run_dir, progress=progress)
     if stages and evaluate and result.get("status") == "finished":
         result["eval"] = run_stages(run_dir, stages)
+    if not branches or result.get("status") != "finished":
+        return result
+    result["branches"] = {}
+    for branch in branches:
+        branch_dir = Path(branch["run_dir"])
+        if run_state(branch_dir) != "finished":
+            try:
+                seed_branch(run_dir, branch_dir, int(branch["start_step"]))
+            except FileNotFoundError as err:
+                write_error(branch_dir, str(err))
+                result["branches"][branch_dir.name] = {"status": "failed", "error": str(err)}
+                continue
+        done = train_and_evaluate(
+            branch["overrides"], branch_dir, branch["stages"], progress, evaluate
+        )
+        result["branches"][branch_dir.name] = done
+        if done.get("status") == "preempted":
+            result.update(status="preempted", signal=done.get("signal"))
+            break
     return result

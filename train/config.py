@@ -153,6 +153,7 @@ class TrainConfig:
     study_name: str | None = None  # the study a sweep run belongs to (W&B group)
     axes: dict[str, Any] = field(default_factory=dict)  # a sweep's axis values
     budget: dict[str, Any] = field(default_factory=dict)  # a sweep's budget rule
+    tune: dict[str, Any] = field(default_factory=dict)  # a tuned study's values for this run
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -206,7 +207,7 @@ def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
 
     _register()
     # free-form maps: a knob or axis may be new to them, so add-or-replace
-    free = ("model.knobs.", "axes.", "budget.")
+    free = ("model.knobs.", "axes.", "budget.", "tune.")
     overrides = [f"++{o}" if o.startswith(free) else o for o in overrides]
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

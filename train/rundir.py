@@ -105,12 +105,28 @@ def summary(
         "world_size": world_size,
         "axes": dict(cfg.axes),
         "budget": dict(cfg.budget),
+        "tune": _flat(cfg.tune),
+        **(
+            {"ladder": {k: v for k, v in cfg.budget.items() if k != "rule"}}
+            if cfg.budget.get("rule") == "wsd-ladder"
+            else {}
+        ),
         "study": cfg.study_name,
         "seed": cfg.seed,
         "data": data,
         "model_config": model.describe(),
         **final_val,
     }
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 0.003}} -> {"optim.lr": 0.003}."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 # A run whose metric improved by less than this over its last fifth is converged.
