@@ -11,11 +11,25 @@ checkpoint.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import submitit
 
 from slurm.task import train_and_evaluate
+
+# Time kept back from the job's end for the last checkpoint and the requeue.
+END_MARGIN_S = 180
+
+
+def time_budget() -> list[str]:
+    """``trainer.max_time`` from the job's end time (SLURM_JOB_END_TIME, unix
+    seconds, set by SLURM 23.02 and later); nothing where SLURM does not say."""
+    end = os.environ.get("SLURM_JOB_END_TIME")
+    if not end or not end.isdigit():
+        return []
+    left = int(end) - int(time.time()) - END_MARGIN_S
+    return [f"trainer.max_time={max(60, left)}"]
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -33,17 +47,17 @@ class TrainJob(submitit.helpers.Checkpointable):
             # one process per GPU/task: RANK, WORLD_SIZE, MASTER_ADDR/PORT, LOCAL_RANK
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         os.environ.setdefault("WANDB_MODE", "offline")
-        stop = "trainer.stop_signals=[SIGUSR1,SIGUSR2]"
-        branches = [{**b, "overrides": [*b["overrides"], stop]} for b in branches or []]
+        stop = ["trainer.stop_signals=[SIGUSR1,SIGUSR2]", *time_budget()]
+        branches = [{**b, "overrides": [*b["overrides"], *stop]} for b in branches or []]
         # evaluation stages run once, on the first task, after training
         result = train_and_evaluate(
-            [*overrides, stop],
+            [*overrides, *stop],
             Path(run_dir),
             stages,
             evaluate=env.global_rank == 0,
             branches=branches,
         )
-        if result.get("status") == "preempted":
+        if result.get("status") in ("preempted", "timed-out"):
             import signal
 
             # the checkpoint is on disk: let submitit requeue us (checkpoint() below)

@@ -9,13 +9,13 @@ sweep is exactly a run a user could type.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slurm import ladder, tuning
+from train.budget import steps_for_atoms
 
 # model axis values -> (model group, forces group)
 MODEL_CHOICES = {
@@ -132,13 +132,6 @@ def run_name(axes: dict[str, Any]) -> str:
         else:
             parts.append(f"{key.split('.')[-1]}{_slug(value)}")
     return "_".join(parts) or "run"
-
-
-def steps_for_atoms(atoms: float, max_atoms: int, mean_atoms: float) -> int:
-    """Optimiser steps to see `atoms` atoms with an atom budget per batch; greedy
-    packing leaves on average half a structure of the budget unused."""
-    fill = max(0.3, 1.0 - 0.5 * mean_atoms / max_atoms)
-    return max(1, math.ceil(atoms / (fill * max_atoms)))
 
 
 def budget_overrides(

@@ -235,7 +235,13 @@ def sweep(args: list[str], _pass: int = 1) -> dict:
             waiting.append(spec)
             continue
         if run_state(spec.run_dir) == "finished":
-            print(f"{spec.name}: finished; still to do: {', '.join(left)}")
+            stages = [s.name for s in missing_stages(spec.run_dir, spec.stages)]
+            rest = [x for x in left if not x.startswith(f"{spec.name} eval ")]
+            print(
+                f"{spec.name}: finished"
+                + (f"; evaluation stages to run: {', '.join(stages)}" if stages else "")
+                + (f"; still to do: {', '.join(rest)}" if rest else "")
+            )
         if (
             cluster_cfg.kind == "slurm"
             and spec.name in jobs

@@ -26,7 +26,7 @@ def train_once(overrides: list[str], run_dir: Path, progress: bool = False) -> d
 
     (run_dir / "error.txt").unlink(missing_ok=True)
     try:
-        cfg = to_object(compose([*overrides, f"trainer.progress={str(progress).lower()}"]))
+        cfg = to_object(compose([*overrides, f"trainer.progress={'bar' if progress else 'auto'}"]))
         return run(cfg)
     except ConfigError as err:
         first = str(err).splitlines()[0]

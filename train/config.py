@@ -120,10 +120,22 @@ class LoggerConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """metric: a validation metric, lower is better (its best weights go to
+    RUN/model_best.pt); patience: stop after this many steps without a new best
+    (None: never stop early)."""
+
+    metric: str = "val/forces_mae"
+    patience: int | None = None
+
+
+@dataclass
 class TrainerConfig:
-    max_steps: int = 100
+    # budgets (train/budget.py): the first reached ends the run; with none, 100 steps
+    max_steps: int | None = None
     max_epochs: int | None = None
     max_atoms_seen: int | None = None  # stop once this many training atoms were seen
+    max_time: str | None = None  # wall clock: seconds or [D-]HH:MM:SS; checkpoint and stop
     log_every: int = 1
     val_every: int = 50
     checkpoint_every: int = 50
@@ -139,7 +151,10 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "float32"  # float32 | float64 (model and batch)
     threads: int | None = None
-    progress: bool = False  # a progress bar on stderr (sweeps on a workstation)
+    # auto (a bar on a terminal, periodic lines otherwise) | bar | lines | none
+    progress: str = "auto"
+    keep_best: bool = True  # RUN/model_best.pt: EMA weights at the best validation value
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     # signals that checkpoint and stop the run (under submitit: USR1/USR2 only,
     # since submitit ignores SIGTERM and requeues on USR2)
     stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
@@ -243,11 +258,13 @@ _CHOICES = {
     "data.fraction_unit": ("structures", "atoms"),
     "trainer.dtype": ("float32", "float64"),
     "trainer.resume": ("auto", "never", "require"),
+    "trainer.progress": ("auto", "bar", "lines", "none", "true", "false"),
 }
 
 
 def check(cfg: TrainConfig) -> None:
     """Rejects impossible combinations before any work starts."""
+    cfg.trainer.progress = str(cfg.trainer.progress).lower()
     for dotted, allowed in _CHOICES.items():
         section, name = dotted.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -278,7 +295,7 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError("engine.kind=torch has no ZeRO; use engine.kind=deepspeed")
     if cfg.engine.zero_stage not in (0, 1, 2):
         raise ConfigError(f"engine.zero_stage={cfg.engine.zero_stage}: supported 0, 1, 2")
-    if cfg.trainer.max_steps < 1:
+    if cfg.trainer.max_steps is not None and cfg.trainer.max_steps < 1:
         raise ConfigError("trainer.max_steps must be >= 1")
     if cfg.schedule.total_steps is not None and cfg.schedule.total_steps < 1:
         raise ConfigError("schedule.total_steps must be >= 1 (or null: trainer.max_steps)")

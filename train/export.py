@@ -1,8 +1,16 @@
 """A self-contained model file: weights (EMA) + model config + dataset statistics.
 
     python -m train.export RUN_DIR [--out FILE]     (default RUN_DIR/model.pt)
+    python -m train.export RUN_DIR|MODEL_FILE --format metatomic [--forces direct]
+        [--dtype float64] [--out FILE]             (default RUN_DIR/model-metatomic.pt)
+    python -m train.export RUN_DIR|MODEL_FILE --format mace [--out FILE]
+    python -m train.export --show FILE [--no-config]
 
 Later tools load it with `load_model` without the training config tree.
+``--format metatomic`` writes a TorchScript metatomic model (train.metatomic)
+for ASE, LAMMPS and other metatomic engines; ``--format mace`` a mace-torch
+model file of a mace run (train.mace_torch). Every file carries a model card
+(train.card): ``--show`` prints it.
 """
 
 from __future__ import annotations
@@ -14,13 +22,29 @@ from pathlib import Path
 import torch
 
 from data_pipelines.atomic import atomic_write
+from train.card import build_card
 from train.serialization import safe_load
 
 FORMAT = "mlip-scaling-model"
 VERSION = 1
 
 
-def export_model(model, ema, cfg, stats: dict, path: str | Path) -> Path:
+def export_model(
+    model,
+    ema,
+    cfg,
+    stats: dict,
+    path: str | Path,
+    run_dir: str | Path | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    """Writes our model file: EMA weights, how to rebuild the model, and its card.
+
+    Args:
+        run_dir: the run directory the card reads (git.json, summary.json,
+            metrics.jsonl); default: ``cfg.run_dir``, else the file's folder.
+        metrics: final validation metrics for the card (default: the run's).
+    """
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if ema is not None:
         for name, value in ema.shadow.items():
@@ -46,6 +70,7 @@ def export_model(model, ema, cfg, stats: dict, path: str | Path) -> Path:
             )
         },
         "dtype": cfg.trainer.dtype,
+        "card": build_card(model, cfg, stats, run_dir or cfg.run_dir or Path(path).parent, metrics),
     }
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -107,7 +132,34 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     class _Shadow:
         shadow = state["ema"]["shadow"]
 
-    return export_model(model, _Shadow(), cfg, stats, out or run_dir / "model.pt")
+    return export_model(model, _Shadow(), cfg, stats, out or run_dir / "model.pt", run_dir)
+
+
+DEFAULT_NAMES = {"ours": "model.pt", "metatomic": "model-metatomic.pt", "mace": "model-mace.model"}
+
+
+def _export(args: argparse.Namespace) -> Path:
+    """One export of the command line: from a run directory or one of our model files."""
+    import tempfile
+
+    source = Path(args.source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such run directory or model file")
+    if args.format == "ours":
+        if not source.is_dir():
+            raise ValueError(f"{source} is a file: --format ours exports a run directory")
+        return export_run(source, args.out)
+    out = args.out or (source if source.is_dir() else source.parent) / DEFAULT_NAMES[args.format]
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = export_run(source, Path(tmp) / "model.pt") if source.is_dir() else source
+        if args.format == "mace":
+            from train.mace_torch import export_mace_torch
+
+            return export_mace_torch(model_file, out)
+        from train.metatomic import export_metatomic
+
+        dtype = getattr(torch, args.dtype) if args.dtype else None
+        return export_metatomic(model_file, out, forces=args.forces, dtype=dtype)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,10 +168,36 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None)
+    p.add_argument("source", nargs="?", help="run directory (or, for other formats, a model file)")
+    p.add_argument("--out", default=None, help="file to write (default: in the run directory)")
+    p.add_argument("--format", choices=("ours", "metatomic", "mace"), default="ours")
+    p.add_argument(
+        "--forces",
+        choices=("conservative", "direct", "both"),
+        default=None,
+        help="metatomic: energy only (conservative), or with the direct force and stress "
+        "heads as non_conservative_force/_stress (direct, both); default: as trained",
+    )
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None, help="metatomic dtype")
+    p.add_argument("--show", metavar="FILE", default=None, help="print a model file's card")
+    p.add_argument("--no-config", action="store_true", help="--show without the config")
     args = p.parse_args(argv)
-    print(f"wrote {export_run(args.run_dir, args.out)}")
+    if args.show is not None:
+        from train.card import format_card, read_card
+
+        try:
+            print(format_card(read_card(args.show), with_config=not args.no_config))
+        except (FileNotFoundError, ValueError) as err:
+            p.error(str(err))
+        return 0
+    if args.source is None:
+        p.error("give a run directory (or a model file), or --show FILE")
+    if args.format != "metatomic" and (args.forces or args.dtype):
+        p.error("--forces and --dtype are options of --format metatomic")
+    try:
+        print(f"wrote {_export(args)}")
+    except (FileNotFoundError, ValueError) as err:
+        p.error(str(err))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from omegaconf import OmegaConf
 
 from data_pipelines.dataset import open_dataset
 from train import build, checkpoint, rundir
+from train.budget import resolve as resolve_budget
 from train.config import ConfigError, TrainConfig, check
 from train.dist import barrier, init_distributed
 from train.ema import EMA
@@ -19,7 +21,19 @@ from train.export import export_model
 from train.metrics import MetricLogger
 from train.optim import build_optimizer, lr_factor
 from train.resume import resume_point
-from train.trainer import Progress, Trainer, TrainParts, element_mask
+from train.trainer import Progress, Trainer, TrainParts, element_mask, schedule_record
+
+
+def warn_schedule_change(saved: dict | None, now: dict) -> None:
+    """Names every setting of the learning-rate curve that changed on resume
+    (a WSD cooldown branch changes it on purpose)."""
+    if not saved:
+        return
+    changed = [f"{k}: {saved.get(k)} -> {now.get(k)}" for k in now if saved.get(k) != now.get(k)]
+    if changed:
+        print(
+            f"note: resuming with another learning-rate schedule ({'; '.join(changed)})", flush=True
+        )
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -50,6 +64,8 @@ def run(cfg: TrainConfig) -> dict:
         subset = build.subset_of(
             data, cfg.data.train_split, cfg.data.fraction, cfg.data.fraction_unit
         )
+    split = subset or manifest["splits"][cfg.data.train_split]
+    budget = resolve_budget(cfg, split["num_structures"], split["num_atoms"])
     if info.is_main:  # config and data checked: now the run directory is written
         rundir.prepare(run_dir, cfg)
     barrier()
@@ -69,7 +85,7 @@ def run(cfg: TrainConfig) -> dict:
 
     # engine, EMA, and the state of an interrupted run
     optimizer = build_optimizer(model.parameters(), cfg.optim)
-    schedule = lr_factor(cfg.schedule, cfg.trainer.max_steps)
+    schedule = lr_factor(replace(cfg.schedule, total_steps=budget.schedule_steps), budget.max_steps)
     engine = build_engine(model, optimizer, schedule, cfg.optim, cfg.engine)
     ema = EMA(engine.module, cfg.trainer.ema_decay)
     progress = Progress()
@@ -80,6 +96,7 @@ def run(cfg: TrainConfig) -> dict:
         ema.load_state_dict(state["ema"])
         if info.is_main:
             print(f"resumed {run_dir} from step {progress.step}", flush=True)
+            warn_schedule_change(state.get("schedule"), schedule_record(cfg, budget))
     logger = MetricLogger(
         run_dir,
         cfg.logger,
@@ -102,8 +119,13 @@ def run(cfg: TrainConfig) -> dict:
             allowed_elements=element_mask(manifest["elements"]),
             progress=progress,
             augment=build.default_augment(cfg),
+            budget=budget,
         ),
     )
+    trainer.best = dict(state.get("best") or {}) if state else {}
+    trainer.on_best = lambda t: export_model(t.model, t.ema, cfg, stats, run_dir / "model_best.pt")
+    if info.is_main:
+        print(budget.reason, flush=True)
     trainer.install_signal_handlers()
     try:
         status = trainer.fit()
@@ -121,7 +143,6 @@ def run(cfg: TrainConfig) -> dict:
     # the end: final validation with the EMA weights, last checkpoint, summary
     final_val = trainer.validate()
     trainer.save(0.0)
-    split = subset or manifest["splits"][cfg.data.train_split]
     data_block = {
         "root": cfg.data.root,
         "name": manifest.get("name"),
@@ -147,6 +168,12 @@ def run(cfg: TrainConfig) -> dict:
     summary["convergence"] = rundir.convergence(
         rundir.read_rows(run_dir), "val/forces_mae", final_val.get("val/forces_mae"), progress.step
     )
+    summary["budget_resolved"] = {
+        "max_steps": budget.max_steps,
+        "schedule_steps": budget.schedule_steps,
+        "reason": budget.reason,
+    }
+    summary["best"] = trainer.best
     summary["total_time_s"] = time.time() - t_start
     if info.is_main:
         export_model(engine.module, ema, cfg, stats, run_dir / "model.pt")

@@ -17,11 +17,13 @@ from data_pipelines import schema as K
 from data_pipelines.loader import StreamingLoader, equal_steps
 from train import checkpoint
 from train.augment import augment
+from train.budget import Budget
 from train.config import TrainConfig
 from train.dist import DistInfo, all_reduce_
 from train.ema import EMA
 from train.losses import ErrorSums, compute_loss
 from train.metrics import MetricLogger
+from train.progress import ProgressReport, resolve_mode
 from train.resume import identity
 
 
@@ -78,6 +80,7 @@ class TrainParts:
         allowed_elements: (119,) bool mask of atomic numbers the model was built for.
         progress: counters, restored from a checkpoint on resume.
         augment: apply random O(3) rotations to training batches.
+        budget: the step limit, schedule length and time budget (train.budget).
     """
 
     engine: object
@@ -90,6 +93,7 @@ class TrainParts:
     allowed_elements: torch.Tensor
     progress: Progress
     augment: bool
+    budget: Budget
 
 
 def element_mask(symbols) -> torch.Tensor:
@@ -140,6 +144,18 @@ def evaluate_batches(model, batches, device, dtype) -> ErrorSums:
     return sums
 
 
+def schedule_record(cfg: TrainConfig, budget: Budget) -> dict:
+    """What shapes the learning-rate curve; a resume that changes it is named."""
+    return {
+        "schedule.kind": cfg.schedule.kind,
+        "schedule steps": budget.schedule_steps,
+        "schedule.warmup_steps": cfg.schedule.warmup_steps,
+        "schedule.warmup_fraction": cfg.schedule.warmup_fraction,
+        "schedule.decay_fraction": cfg.schedule.decay_fraction,
+        "optim.lr": cfg.optim.lr,
+    }
+
+
 class Trainer:
     """The loop over ``parts`` as ``cfg`` says (see ``fit``)."""
 
@@ -156,6 +172,10 @@ class Trainer:
         self.allowed = parts.allowed_elements
         self.progress = parts.progress
         self.augment_on = parts.augment
+        self.budget = parts.budget
+        self.best: dict = {}  # best validation value so far and its step (early stopping)
+        self.on_best = lambda trainer: None  # called on the main rank at a new best
+        self._t_start = time.time()
         self.dtype = getattr(torch, cfg.trainer.dtype)
         self._stop_signal: int | None = None
         self._last_batch: dict | None = None
@@ -242,23 +262,16 @@ class Trainer:
         consecutive_bad = 0
         status = "finished"
         t_wall = time.time()
-        bar = None
-        if cfg.trainer.progress and self.info.is_main:
-            from tqdm import tqdm
-
-            total = cfg.trainer.max_steps
-            if cfg.trainer.max_epochs is not None and cfg.schedule.total_steps:
-                total = min(total, cfg.schedule.total_steps)  # an estimate: epochs end it
-            bar = tqdm(
-                total=total,
-                initial=p.step,
-                desc=cfg.name or "train",
-                unit="step",
-                leave=False,
-                dynamic_ncols=True,
+        report = None
+        if self.info.is_main:
+            total = self.budget.max_steps if self.budget.max_steps < 10**9 else None
+            total = total or self.budget.schedule_steps
+            report = ProgressReport(
+                resolve_mode(cfg.trainer.progress), total, p.step, cfg.name or "train"
             )
         max_atoms = cfg.trainer.max_atoms_seen
-        while p.step < cfg.trainer.max_steps and (max_atoms is None or p.atoms_seen < max_atoms):
+        max_steps = self.budget.max_steps
+        while p.step < max_steps and (max_atoms is None or p.atoms_seen < max_atoms):
             t0 = time.perf_counter()
             wait = 0.0
             micro = 0
@@ -287,7 +300,7 @@ class Trainer:
                 flags = torch.tensor(
                     [
                         0.0 if torch.isfinite(loss) else 1.0,
-                        0.0 if self._stop_signal is None else 1.0,
+                        0.0 if self._stop_signal is None and not self._out_of_time() else 1.0,
                     ]
                 )
                 all_reduce_(flags)
@@ -329,10 +342,9 @@ class Trainer:
             p.atoms_seen += local.atoms
             p.padded_steps += local.padded_batches
             dt = time.perf_counter() - t0
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{local.loss / max(1, micro):.4g}", refresh=False)
-            if p.step % cfg.trainer.log_every == 0 or p.step == cfg.trainer.max_steps:
+            if report is not None:
+                report.update(p.step, local.loss / max(1, micro), local.atoms / dt, p.last_val)
+            if p.step % cfg.trainer.log_every == 0 or p.step == max_steps:
                 real = max(1.0, self.info.world_size * accum - local.padded_batches)
                 row = {
                     "step": p.step,
@@ -348,9 +360,11 @@ class Trainer:
                     **{k: v / max(1, micro) for k, v in parts_sum.items()},
                 }
                 self.logger.log(row)
+            early_stop = False
             if cfg.trainer.val_every and (p.step % cfg.trainer.val_every == 0):
                 p.last_val = self.validate()
                 self.logger.log({"step": p.step, **p.last_val})
+                early_stop = self._track_best(p.last_val)
             stop = self._stop_signal is not None or bool(flags[1] > 0)
             if (
                 stop
@@ -359,19 +373,44 @@ class Trainer:
             ):
                 self.save(time.time() - t_wall)
             if stop:
-                status = "preempted"
+                status = "preempted" if self._stop_signal is not None else "timed-out"
+                break
+            if early_stop:
+                self.save(time.time() - t_wall)
+                self.logger.log({"step": p.step, "event": "early stop", **self.best})
                 break
             if exhausted:
                 break
         p.wall_time_s += time.time() - t_wall
-        if bar is not None:
-            bar.close()
+        if report is not None:
+            report.close()
         return status
+
+    def _out_of_time(self) -> bool:
+        limit = self.budget.max_time_s
+        return limit is not None and time.time() - self._t_start > limit
+
+    def _track_best(self, metrics: dict) -> bool:
+        """Keeps model_best.pt (EMA weights) at the best validation value; True
+        when early stopping's patience ran out."""
+        es = self.cfg.trainer.early_stopping
+        value = metrics.get(es.metric)
+        if value is None:
+            return False
+        p = self.progress
+        if not self.best or value < self.best["best_value"]:
+            self.best = {"best_metric": es.metric, "best_value": value, "best_step": p.step}
+            if self.info.is_main and self.cfg.trainer.keep_best:
+                self.on_best(self)
+            return False
+        return es.patience is not None and (p.step - self.best["best_step"]) >= es.patience
 
     def state(self, elapsed: float) -> dict:
         p = self.progress
         return {
             "progress": {**p.__dict__, "wall_time_s": p.wall_time_s + elapsed},
+            "best": dict(self.best),
+            "schedule": schedule_record(self.cfg, self.budget),
             "loader": self.train_loader.state_dict(),
             "ema": self.ema.state_dict(),
         }

@@ -7,8 +7,8 @@ import pytest
 
 from train.config import compose, to_object
 from train.models import build_model
-from train.rundir import convergence, not_learned
 from train.run import run
+from train.rundir import convergence, not_learned
 
 
 def test_convergence_verdict_from_the_last_fifth():
