@@ -83,6 +83,7 @@ def collate(graphs: list[Graph], dtype: torch.dtype = torch.float64) -> dict:
         K.HAS_FORCES: torch.from_numpy(np.array([s.forces is not None for s in structures])),
         K.HAS_STRESS: torch.from_numpy(np.array([s.stress is not None for s in structures])),
         K.IDS: [s.source_id for s in structures],
+        K.CONFIG_TYPE: [K.config_type_of(s.info) for s in structures],
     }
 
 

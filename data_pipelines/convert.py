@@ -5,7 +5,10 @@
         [--name NAME] [--skip-invalid] [--allow-empty] [reader options]
 
 Writes DIR/<split>/shard-NNNNNN.tar (layout in data_pipelines.shards),
-DIR/stats.json and, last, DIR/manifest.json. Every file is written to a
+DIR/stats.json and, last, DIR/manifest.json. The manifest names each input by
+its path relative to the inputs' common folder (`sources_root`, by name only)
+with its sha256, and records the units, sign and Voigt order its reader
+applied (`conventions`, listed below). Every file is written to a
 temporary name and renamed into place, and an existing manifest is removed
 before anything else, so an interrupted run never leaves a directory that
 looks complete.
@@ -27,7 +30,7 @@ from tqdm import tqdm
 
 from data_pipelines import shards
 from data_pipelines.atomic import write_text
-from data_pipelines.schema import SCHEMA_VERSION, UNITS, DataError, Structure
+from data_pipelines.schema import SCHEMA_VERSION, UNITS, DataError, Structure, config_type_of
 from data_pipelines.stats import StatsAccumulator
 
 DEFAULT_SPLITS = {"train": 0.9, "val": 0.05, "test": 0.05}
@@ -115,9 +118,11 @@ class _SplitWriter:
         self._count = 0
         self._atoms = 0
         self._packs = 0
+        self.config_types: Counter = Counter()
 
     def add(self, s: Structure) -> None:
         self.stats.add(s)
+        self.config_types[config_type_of(s.info) or "(none)"] += 1
         self._pack.append(s)
         self._count += 1
         self._atoms += s.num_atoms
@@ -169,6 +174,7 @@ class _SplitWriter:
             "num_structures": sum(s["num_structures"] for s in self.shards),
             "num_atoms": sum(s["num_atoms"] for s in self.shards),
             "num_shards": len(self.shards),
+            "config_types": dict(sorted(self.config_types.items())),
             "shards": self.shards,
         }
 
@@ -184,6 +190,7 @@ def write_dataset(
     name: str | None = None,
     level_of_theory: str | None = None,
     sources: list[dict] | None = None,
+    sources_root: str | None = None,
     skip_invalid: bool = False,
     skipped: Counter | None = None,
     stats_cutoff: float | None = 5.0,
@@ -202,6 +209,10 @@ def write_dataset(
         seed: salt of the split hash.
         skip_invalid: skip structures that fail validation instead of raising;
             they are counted by reason in the manifest.
+        sources: one entry per input file (path relative to `sources_root`,
+            sha256, format, the conventions its reader applied, ...).
+        sources_root: the name (not the path) of the folder source paths are
+            relative to.
         skipped: counter of records already skipped upstream (by the readers).
         stats_cutoff: cutoff (A) for the mean neighbour count in stats.json.
         allow_empty: write a dataset even if no structure is kept; otherwise that
@@ -253,6 +264,7 @@ def write_dataset(
         "name": name or out.name,
         "level_of_theory": level_of_theory,
         "units": UNITS,
+        "sources_root": sources_root,
         "sources": sources or [],
         "split_fractions": splits,
         "split_seed": seed,
@@ -270,6 +282,18 @@ def write_dataset(
     return manifest
 
 
+def source_root(inputs: list[str]) -> tuple[str, dict[str, str]]:
+    """The inputs' common folder, by its name only, and each input's path relative to it.
+
+    The manifest records these, never absolute paths: a dataset directory is
+    shared and moved, and where its inputs once lay on one machine is neither
+    portable nor anyone else's business. The sha256 identifies the file.
+    """
+    paths = {p: Path(p).resolve() for p in inputs}
+    common = Path(os.path.commonpath([str(q.parent) for q in paths.values()]))
+    return common.name, {p: q.relative_to(common).as_posix() for p, q in paths.items()}
+
+
 def source_names(inputs: list[str]) -> dict[str, str]:
     """Names that prefix source ids: the file name, or, when several inputs share a
     file name (mlearn's */training.json.gz, many vasprun.xml), the path relative
@@ -285,13 +309,15 @@ def source_names(inputs: list[str]) -> dict[str, str]:
 def _read_inputs(
     inputs, fmt, options, skipped: Counter, sources: list[dict]
 ) -> Iterator[Structure]:
-    from data_pipelines.sources import detect_format, read_structures
+    from data_pipelines.sources import conventions, detect_format, read_structures
 
     names = source_names(inputs)
+    _, relative = source_root(inputs)
     for path in inputs:
         actual = detect_format(path) if fmt == "auto" else fmt
-        entry = {"path": str(path), "name": names[path], "sha256": sha256_file(path),
-                 "format": actual, "num_read": 0}
+        entry = {"path": relative[path], "name": names[path], "sha256": sha256_file(path),
+                 "bytes": Path(path).stat().st_size, "format": actual,
+                 "conventions": conventions.describe(actual, options), "num_read": 0}
         sources.append(entry)
         options.source_name = names[path]
         for s in read_structures(path, actual, options):
@@ -300,11 +326,12 @@ def _read_inputs(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_pipelines.sources import FORMATS, add_reader_arguments, options_from_args
+    from data_pipelines.sources import FORMATS, add_reader_arguments, conventions, options_from_args
 
     p = argparse.ArgumentParser(
         prog="python -m data_pipelines.convert",
         description=__doc__,
+        epilog=conventions.help_text(FORMATS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", help="input files")
@@ -358,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             name=args.name,
             level_of_theory=args.level_of_theory,
             sources=sources,
+            sources_root=source_root(args.inputs)[0],
             skip_invalid=args.skip_invalid,
             allow_empty=args.allow_empty,
             skipped=skipped,

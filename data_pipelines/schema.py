@@ -39,6 +39,24 @@ HAS_ENERGY = "has_energy"  # (num_structures,) bool
 HAS_FORCES = "has_forces"  # (num_structures,) bool
 HAS_STRESS = "has_stress"  # (num_structures,) bool
 IDS = "ids"  # list[str] of length num_structures (not a tensor)
+CONFIG_TYPE = "config_type"  # list[str | None] of length num_structures (not a tensor)
+
+# Where a structure's configuration type (AIMD, Vacancy, Elastic, Surface, ...)
+# lives in `Structure.info`, in order: the readers write "config_type";
+# data_pipelines.generate has always written its builder name as "kind".
+CONFIG_TYPE_INFO_KEYS = ("config_type", "kind")
+
+
+def config_type_of(info: dict[str, Any]) -> str | None:
+    """The configuration type recorded in a structure's info, or None.
+
+    Shards written before readers kept it simply have none: old data stays readable.
+    """
+    for key in CONFIG_TYPE_INFO_KEYS:
+        value = info.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 class DataError(ValueError):
@@ -70,7 +88,8 @@ class Structure:
         energy: total energy, eV, or None when absent.
         forces: (num_atoms, 3) eV/A, or None.
         stress: (3, 3) eV/A^3, ASE sign, or None.
-        info: small JSON-serialisable metadata (kept in the shard).
+        info: small JSON-serialisable metadata (kept in the shard), e.g.
+            "config_type" (see config_type_of) and "split_key".
     """
 
     source_id: str

@@ -20,6 +20,11 @@ Arrays (k structures, n atoms in all): num_atoms int64 (k,), numbers uint8
 energy float64 (k,), forces float64 (n, 3), stress float64 (k, 3, 3) and
 has_energy / has_forces / has_stress bool (k,). Absent labels are stored as
 zeros with their has_ flag False. Floats are float64: the round trip is exact.
+
+The header's ``info`` is each structure's `Structure.info`: small JSON metadata
+such as ``config_type`` (AIMD, Vacancy, Surface...; the batch's `config_type`
+list comes from it). It is free-form, so adding a key needs no new layout
+version: shards written before a key existed simply lack it (no config type).
 """
 
 from __future__ import annotations

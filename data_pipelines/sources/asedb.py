@@ -3,7 +3,7 @@
 ASE stores results in its own units (eV, eV/A, eV/A^3 tension positive), so those
 are the defaults. Rows are keyed by their database id. Row metadata that ties
 frames together (MPtrj's `mp_id`, in key-value pairs or row data) becomes the
-split key.
+split key. A row's `config_type` (or `config_type_key`) is kept as `info["config_type"]`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from data_pipelines.sources.fields import (
 from data_pipelines.sources.options import ReaderOptions
 
 # Scalar row metadata worth keeping in `info` (kept small: it travels in every shard).
-INFO_KEYS = ("mp_id", "task_id", "calc_id", "ionic_step", "uid", "sid", "config_type")
+INFO_KEYS = ("mp_id", "task_id", "calc_id", "ionic_step", "uid", "sid")
 _SPLIT_KEYS = ("mp_id",)  # metadata naming the material a frame belongs to
 
 
@@ -121,6 +121,13 @@ def _structure(row: Any, at: At, source_id: str, options: ReaderOptions) -> Stru
             value = value.item()
         if isinstance(value, str | int | float | bool):
             info[key] = value
+    info.pop("config_type", None)
+    key = options.config_type_key or "config_type"
+    value = kvp.get(key, data.get(key))
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        info["config_type"] = str(value)  # always a string: it names a group of errors
     for key in _SPLIT_KEYS:
         if isinstance(info.get(key), str):
             info["split_key"] = info[key]

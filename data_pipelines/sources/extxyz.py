@@ -10,6 +10,7 @@ ASE moves `energy`, `forces` and `stress` into `atoms.calc.results`; other names
 stay in `atoms.info` (per frame) or `atoms.arrays` (per atom), so all places are
 searched. Defaults: energy `energy`, forces `forces` then `force`, stress
 `stress`, virial `virial` (used when no stress is present). Units default to ASE's.
+The frame's `config_type` (or `config_type_key`) is kept as `info["config_type"]`.
 """
 
 from __future__ import annotations
@@ -174,8 +175,9 @@ def _structure(
         stress = virial_to_stress(per_frame(key), cell, at, key, escale, order)
 
     info = {}
-    if isinstance(atoms.info.get("config_type"), str):
-        info["config_type"] = atoms.info["config_type"]
+    config_type = atoms.info.get(options.config_type_key or "config_type")
+    if isinstance(config_type, str | int) and not isinstance(config_type, bool):
+        info["config_type"] = str(config_type)
     return Structure(
         source_id, atoms.numbers, atoms.positions, cell, atoms.pbc, energy, forces, stress, info
     )

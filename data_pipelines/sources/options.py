@@ -66,6 +66,10 @@ class ReaderOptions:
             (compression positive), all others are ASE's (tension positive).
         stress_order: component order of 6-value stresses and virials.
         mptrj_energy: which MPtrj total energy to use (MP2020-corrected or raw).
+        config_type_key: name of the field holding the configuration type (AIMD,
+            Vacancy, Surface...), kept as `info["config_type"]`; by default
+            extended XYZ and ASE databases read `config_type` and mlearn/maml
+            JSON their `group` / data group / `tags` (see pymatgen_json).
         source_name: name used in source ids instead of the file name; set it
             when several inputs share a file name (e.g. "Si/training.json.gz").
         on_error: called with each DataError; raising stops the read, returning
@@ -80,6 +84,7 @@ class ReaderOptions:
     stress_unit: StressUnit | None = None
     stress_order: str | None = None
     mptrj_energy: MptrjEnergy = "corrected"
+    config_type_key: str | None = None
     source_name: str | None = None
     on_error: Callable[[DataError], None] = field(default=raise_error, repr=False)
 
@@ -144,6 +149,12 @@ def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
         choices=MPTRJ_ENERGIES,
         help="MPtrj total energy: MP2020-corrected (default) or uncorrected",
     )
+    g.add_argument(
+        "--config-type-key",
+        default=None,
+        help="name of the configuration-type field (default: config_type; mlearn/maml: group, "
+        "the file's data group, then tags); kept per structure for per-type errors",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> ReaderOptions:
@@ -157,4 +168,5 @@ def options_from_args(args: argparse.Namespace) -> ReaderOptions:
         stress_unit=args.stress_unit,
         stress_order=args.stress_order,
         mptrj_energy=args.mptrj_energy,
+        config_type_key=args.config_type_key,
     )

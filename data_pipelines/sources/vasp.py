@@ -30,6 +30,7 @@ _FIXED = (
     "energy_unit",
     "stress_unit",
     "stress_order",
+    "config_type_key",
 )
 _PARSE_ERRORS = (
     ValueError,
