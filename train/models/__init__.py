@@ -21,6 +21,7 @@ from train.models.base import (
     AtomisticModel,
     ForcesMode,
 )
+from train.models.count_cache import cached_count, count_key
 from train.models.pet import PET, PETConfig
 from train.models.presets import PRESETS, PUBLISHED_PET_PARAMETERS
 
@@ -153,7 +154,20 @@ def build_model(
 
 
 def count_parameters(family: str, size: str, **overrides: Any) -> int:
-    """Exact parameter count of a preset without allocating its weights."""
+    """Exact parameter count of a preset without allocating its weights.
+
+    Counts are cached on disk (train.models.count_cache, keyed by the
+    configuration, the model code and library versions): a hit imports no
+    model library and builds nothing. A miss checks the knobs like
+    `model_config` (KeyError naming the closest) and counts.
+    """
+    if family in PRESETS and size in PRESETS[family]:
+        key = count_key(family, PRESETS[family][size], overrides)
+        return cached_count(key, lambda: _count_parameters(family, size, **overrides))
+    return _count_parameters(family, size, **overrides)  # raises the helpful KeyError
+
+
+def _count_parameters(family: str, size: str, **overrides: Any) -> int:
     config = model_config(family, size, **overrides)
     if family == "mace":
         from train.models.mace import count_mace_parameters
@@ -164,7 +178,7 @@ def count_parameters(family: str, size: str, **overrides: Any) -> int:
 
 
 def list_sizes() -> list[tuple[str, str, int]]:
-    """(family, size, num_parameters) for every preset of every family."""
+    """(family, size, num_parameters) for every preset of every family (cached counts)."""
     return [
         (family, size, count_parameters(family, size))
         for family in MODELS
