@@ -101,7 +101,13 @@ def load_model(path: str | Path, forces: str | None = None, device="cpu", dtype=
         )
     # A pet model has the same parameters in every mode, so a `both` file builds
     # as plain `direct` (heads only: no autograd, the fast path) or `conservative`.
-    model = build_model(payload["family"], payload["size"], build, **payload["knobs"])
+    knobs = dict(payload["knobs"])
+    if payload["family"] == "mace":  # files from before a default changed keep their meaning
+        from train.models.mace import LEGACY_KNOBS
+
+        saved = payload.get("model_config") or {}
+        knobs.update({k: v for k, v in LEGACY_KNOBS.items() if k not in saved and k not in knobs})
+    model = build_model(payload["family"], payload["size"], build, **knobs)
     model.load_state_dict(payload["state_dict"])
     model.forces_requested = build
     dtype = dtype or getattr(torch, payload.get("dtype", "float32"))

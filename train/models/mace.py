@@ -52,7 +52,14 @@ class MACEConfig:
         avg_num_neighbours: normalisation of the neighbour sum; a knob, not derived
             from the data (mace_run_train measures it; 38 at 5 A on the EMT data).
         elements: atomic numbers the model accepts (one-hot width).
-        interaction: mace interaction block class name.
+        interaction: mace interaction block class name of every layer after the first.
+        first_interaction: block of the first layer; mace-torch's standard models
+            (mace_run_train, MACE-MP-0) use the non-residual
+            RealAgnosticInteractionBlock there. None: the same as ``interaction``.
+        parity: parity of the hidden irreps. "alternating" gives l-th irreps the
+            parity (-1)^l (128x0e+128x1o for MACE-MP-0 medium), mace-torch's
+            standard; "even" makes every hidden irrep even (0e+1e+...), what this
+            project built before 2026-12 (model files without the knob load so).
     """
 
     channels: int = 128
@@ -68,17 +75,23 @@ class MACEConfig:
     avg_num_neighbours: float = 20.0
     elements: tuple[int, ...] = DEFAULT_ELEMENTS
     interaction: str = "RealAgnosticResidualInteractionBlock"
+    first_interaction: str | None = "RealAgnosticInteractionBlock"
+    parity: str = "alternating"
 
     def __post_init__(self) -> None:
         self.radial_mlp = tuple(int(w) for w in self.radial_mlp)
         self.elements = tuple(sorted(int(z) for z in self.elements))
         if not self.elements or not all(0 < z < NUM_ELEMENT_SLOTS for z in self.elements):
             raise ValueError(f"elements must be atomic numbers in 1..118, got {self.elements}")
-        if self.interaction not in mace_modules.interaction_classes:
-            raise ValueError(
-                f"unknown MACE interaction '{self.interaction}'; "
-                f"choose from {sorted(mace_modules.interaction_classes)}"
-            )
+        for knob in ("interaction", "first_interaction"):
+            block = getattr(self, knob)
+            if block is not None and block not in mace_modules.interaction_classes:
+                raise ValueError(
+                    f"unknown MACE {knob} '{block}'; "
+                    f"choose from {sorted(mace_modules.interaction_classes)}"
+                )
+        if self.parity not in ("alternating", "even"):
+            raise ValueError(f"MACE parity '{self.parity}': choose alternating or even")
 
 
 _U_MATRICES: dict[tuple, list] = {}
@@ -109,8 +122,14 @@ def _memoised_coupling_matrices():
 
 def build_mace_network(cfg: MACEConfig) -> torch.nn.Module:
     """The bare mace-torch network for a config (random weights)."""
-    hidden = o3.Irreps("+".join(f"{cfg.channels}x{ell}e" for ell in range(cfg.max_L + 1)))
+    def parity(ell: int) -> str:
+        return "o" if cfg.parity == "alternating" and ell % 2 else "e"
+
+    hidden = o3.Irreps(
+        "+".join(f"{cfg.channels}x{ell}{parity(ell)}" for ell in range(cfg.max_L + 1))
+    )
     block = mace_modules.interaction_classes[cfg.interaction]
+    first = mace_modules.interaction_classes[cfg.first_interaction or cfg.interaction]
     with warnings.catch_warnings(), _memoised_coupling_matrices():
         warnings.simplefilter("ignore")  # TorchScript annotation chatter from e3nn
         return mace_modules.MACE(
@@ -119,7 +138,7 @@ def build_mace_network(cfg: MACEConfig) -> torch.nn.Module:
             num_polynomial_cutoff=cfg.num_polynomial_cutoff,
             max_ell=cfg.max_ell,
             interaction_cls=block,
-            interaction_cls_first=block,
+            interaction_cls_first=first,
             num_interactions=cfg.num_interactions,
             num_elements=len(cfg.elements),
             hidden_irreps=hidden,
@@ -168,6 +187,13 @@ def count_mace_parameters(cfg: MACEConfig, max_built_channels: int = 64) -> int:
     knobs = tuple((k, v) for k, v in dataclasses.asdict(cfg).items() if k != "channels")
     a, b, d = _channel_polynomial(knobs)
     return a * cfg.channels**2 + b * cfg.channels + d
+
+
+# Knobs whose default changed, and the value files written without them meant.
+LEGACY_KNOBS = {
+    "parity": "even",
+    "first_interaction": "RealAgnosticResidualInteractionBlock",
+}
 
 
 class MACEModel(AtomisticModel):
