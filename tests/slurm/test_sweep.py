@@ -218,7 +218,7 @@ def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_pa
     def all_done(folder: Path) -> bool:
         rows = study_status(folder)
         for r in rows:
-            if r["state"] == "pending":
+            if r["state"] == "queued":
                 job = json.loads((folder / "jobs.json").read_text())[r["name"]]
                 _release_settled(job, pending_since)
         return all(r["state"] in ("finished", "failed") for r in rows)
