@@ -69,9 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument(
         "--wandb",
+        nargs="?",
         choices=("auto", "off", "offline", "online"),
-        default="auto",
-        help="upload fitted laws and figures (auto: as the runs' logger was set)",
+        const="auto",
+        default="off",
+        metavar="MODE",
+        help="upload fitted laws and figures to W&B only when given: --wandb alone "
+        "follows the runs' logger (offline by default), or offline|online (default: off, "
+        "no W&B run and no W&B output)",
     )
     p.add_argument("--wandb-project")
     p.add_argument("--wandb-entity")
