@@ -7,6 +7,8 @@ of steps and ``train.export`` rebuilds a model the same way.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from data_pipelines.dataset import Dataset
 from data_pipelines.loader import LoaderConfig, StreamingLoader
 from data_pipelines.subsets import subset_threshold
@@ -143,3 +145,190 @@ def reference_flops(
 def default_augment(cfg: TrainConfig) -> bool:
     """Random rotations: on for pet (not equivariant), off for mace unless asked."""
     return cfg.trainer.augment if cfg.trainer.augment is not None else cfg.model.family == "pet"
+
+
+def open_sources(cfg: TrainConfig) -> list[tuple[str, Dataset, float]]:
+    """(name, dataset, weight) of every source of a mixture, levels of theory checked.
+
+    Raises:
+        ConfigError: sources of different levels of theory without
+            ``data.mix_levels_of_theory=true``, or a source without training data.
+    """
+    from data_pipelines.dataset import open_dataset
+
+    out = []
+    for src in cfg.data.sources:
+        data = open_dataset(str(src["root"]))
+        try:
+            data.require_nonempty(cfg.data.train_split)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        out.append((str(src.get("name") or src["root"]), data, float(src.get("weight", 1.0))))
+    levels = {name: d.manifest.get("level_of_theory") for name, d, _ in out}
+    if len(set(levels.values())) > 1 and not cfg.data.mix_levels_of_theory:
+        listed = ", ".join(f"{n}: {lot!r}" for n, lot in levels.items())
+        raise ConfigError(
+            f"data.sources mix levels of theory ({listed}); energies of different levels "
+            "cannot share one energy head. Set data.mix_levels_of_theory=true if they are "
+            "compatible on purpose"
+        )
+    return out
+
+
+def mixed_stats(sources: list[tuple[str, Dataset, float]]) -> dict:
+    """Statistics for a model trained on a mixture: per element, the weighted mean
+    of the sources' reference energies (over the sources holding it); scales as
+    weighted means. Exact when the sources share a level of theory and their
+    references agree; the per-source values are kept under ``sources``."""
+    total = sum(w for _, _, w in sources) or 1.0
+    refs: dict[str, list[tuple[float, float]]] = {}
+    out: dict = {"sources": {}}
+    for name, data, weight in sources:
+        stats = data.stats
+        out["sources"][name] = {
+            k: stats.get(k) for k in ("element_reference_energies_by_z", "force_rms")
+        }
+        for z, e in stats.get("element_reference_energies_by_z", {}).items():
+            refs.setdefault(str(z), []).append((weight, float(e)))
+    out["element_reference_energies_by_z"] = {
+        z: sum(w * e for w, e in pairs) / (sum(w for w, _ in pairs) or 1.0)
+        for z, pairs in refs.items()
+    }
+    for key in ("force_rms", "residual_energy_per_atom_rms", "mean_num_neighbours"):
+        values = [(w, d.stats.get(key)) for _, d, w in sources if d.stats.get(key)]
+        if values:
+            out[key] = sum(w * v for w, v in values) / (sum(w for w, _ in values) or total)
+    out["elements"] = sorted({el for _, d, _ in sources for el in d.manifest["elements"]})
+    return out
+
+
+def build_mixture(
+    cfg: TrainConfig, sources: list[tuple[str, Dataset, float]], cutoff: float, info: DistInfo
+):
+    """The training mixture and one validation stream per source that has a
+    validation split (name -> loader)."""
+    from data_pipelines.mixture import MixtureLoader, MixtureSource
+
+    train = MixtureLoader(
+        [
+            MixtureSource(
+                loader_config(
+                    cfg,
+                    data,
+                    cfg.data.train_split,
+                    cutoff,
+                    seed=cfg.seed,
+                    buffer_size=cfg.data.buffer_size,
+                    num_workers=cfg.data.num_workers,
+                ),
+                weight,
+                name=name,
+            )
+            for name, data, weight in sources
+        ],
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=cfg.seed,
+    )
+    vals = {}
+    for name, data, _ in sources:
+        split = data.manifest["splits"].get(cfg.data.val_split)
+        if split and split["num_structures"] > 0:
+            vals[name] = StreamingLoader(
+                loader_config(cfg, data, cfg.data.val_split, cutoff, shuffle=False),
+                rank=info.rank,
+                world_size=info.world_size,
+            )
+    return train, vals
+
+
+@dataclass
+class DataSetup:
+    """The training data as the run sees it, opened once.
+
+    Attributes:
+        reference: the dataset whose first batch measures FLOPs (the first source).
+        stats: statistics for the model (composition baseline, scales).
+        elements: element symbols the model is checked against.
+        num_structures, num_atoms: the training split (subset, or all sources).
+        subset: the nested subset (``subset_threshold``'s result) or None.
+        sources: (name, dataset, weight) of a mixture; empty for one root.
+        block: the ``data`` block of summary.json.
+    """
+
+    reference: Dataset
+    stats: dict
+    elements: list[str]
+    num_structures: int
+    num_atoms: int
+    subset: dict | None = None
+    sources: list[tuple[str, Dataset, float]] = field(default_factory=list)
+    block: dict = field(default_factory=dict)
+
+
+def open_data(cfg: TrainConfig) -> DataSetup:
+    """Opens the data root (or every source of a mixture) and checks it holds
+    training data.
+
+    Raises:
+        ConfigError: an empty training split, or mixed levels of theory.
+    """
+    from data_pipelines.dataset import open_dataset
+
+    if cfg.data.sources:
+        sources = open_sources(cfg)
+        splits = [d.manifest["splits"][cfg.data.train_split] for _, d, _ in sources]
+        stats = mixed_stats(sources)
+        total = sum(w for _, _, w in sources) or 1.0
+        return DataSetup(
+            reference=sources[0][1],
+            stats=stats,
+            elements=stats["elements"],
+            num_structures=sum(s["num_structures"] for s in splits),
+            num_atoms=sum(s["num_atoms"] for s in splits),
+            sources=sources,
+            block={
+                "sources": [
+                    {"name": n, "root": d.root, "weight": w / total,
+                     "level_of_theory": d.manifest.get("level_of_theory"),
+                     "num_train_structures": s["num_structures"]}
+                    for (n, d, w), s in zip(sources, splits)
+                ],
+            },
+        )
+    data = open_dataset(cfg.data.root)
+    try:
+        data.require_nonempty(cfg.data.train_split)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    subset = None
+    if cfg.data.fraction < 1.0:
+        subset = subset_of(data, cfg.data.train_split, cfg.data.fraction, cfg.data.fraction_unit)
+    split = subset or data.manifest["splits"][cfg.data.train_split]
+    return DataSetup(
+        reference=data,
+        stats=data.stats,
+        elements=list(data.manifest["elements"]),
+        num_structures=split["num_structures"],
+        num_atoms=split["num_atoms"],
+        subset=subset,
+        block={
+            "root": cfg.data.root,
+            "name": data.manifest.get("name"),
+            "num_train_structures": split["num_structures"],
+            "num_train_atoms": split["num_atoms"],
+            "data_fraction": cfg.data.fraction,
+            "fraction_unit": cfg.data.fraction_unit,
+        },
+    )
+
+
+def loaders(cfg: TrainConfig, setup: DataSetup, cutoff: float, info: DistInfo):
+    """(train stream, validation stream or None, validation streams per source)."""
+    if setup.sources:
+        train, vals = build_mixture(cfg, setup.sources, cutoff, info)
+        return train, None, vals
+    train, val = build_loaders(
+        cfg, setup.reference, setup.reference.manifest, setup.subset, cutoff, info
+    )
+    return train, val, {}

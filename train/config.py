@@ -49,6 +49,11 @@ class DataConfig:
     val_max_structures: int | None = None
     # check each shard's sha256 from the manifest as it streams (about 3% of decode)
     verify_checksums: bool = True
+    # a mixture instead of one root: [{root, weight, name?}], each batch from one
+    # source, the weights held over any window of steps (data_pipelines.mixture)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    # sources of different levels of theory train one energy head only on purpose
+    mix_levels_of_theory: bool = False
 
 
 @dataclass
@@ -284,7 +289,9 @@ def check(cfg: TrainConfig) -> None:
                     f"heads of forces=both, but forces={cfg.model.forces}; set forces=both or "
                     f"loss.{term}.weight=0"
                 )
-    if cfg.data.root is None:
+    if cfg.data.sources:
+        check_sources(cfg)
+    elif cfg.data.root is None:
         raise ConfigError(
             "data.root is not set: pass data.root=SHARD_DIR (a directory "
             "written by python -m data_pipelines.convert or .generate)"
@@ -302,6 +309,37 @@ def check(cfg: TrainConfig) -> None:
     if cfg.optim.grad_accum < 1:
         raise ConfigError("optim.grad_accum must be >= 1")
     check_model(cfg.model)
+
+
+def check_sources(cfg: TrainConfig) -> None:
+    """A mixture's entries: a root and a positive weight each, unique names, and
+    no setting that only a single root supports."""
+    if cfg.data.root is not None:
+        raise ConfigError("give data.root or data.sources, not both")
+    names = []
+    for i, src in enumerate(cfg.data.sources):
+        where = f"data.sources[{i}]"
+        if not isinstance(src, dict) or not src.get("root"):
+            raise ConfigError(f"{where}: expected {{root: DIR, weight: W}}, got {src!r}")
+        unknown = sorted(set(src) - {"root", "weight", "name"})
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], ["root", "weight", "name"], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown key '{unknown[0]}'{hint}")
+        if float(src.get("weight", 1.0)) < 0:
+            raise ConfigError(f"{where}.weight must be >= 0")
+        names.append(str(src.get("name") or src["root"]))
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.sources: names must be unique, got {names}")
+    if sum(float(s.get("weight", 1.0)) for s in cfg.data.sources) <= 0:
+        raise ConfigError("data.sources: at least one weight must be positive")
+    if cfg.data.fraction < 1.0:
+        raise ConfigError("data.fraction applies to one root; subset each source when converting")
+    if cfg.trainer.max_epochs is not None:
+        raise ConfigError(
+            "trainer.max_epochs: sources of a mixture restart their epochs on their own; "
+            "give trainer.max_steps or trainer.max_atoms_seen"
+        )
 
 
 def check_model(model: ModelConfig) -> None:

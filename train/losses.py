@@ -118,3 +118,22 @@ class ErrorSums:
                 out[f"{prefix}/{name}_mae"] = abs_sum / count
                 out[f"{prefix}/{name}_rmse"] = (sq_sum / count) ** 0.5
         return out
+
+
+def trivial_sums(batches, baseline: torch.Tensor) -> ErrorSums:
+    """Error sums of the trivial predictors, the floor a learned model must clear:
+    the composition baseline for energy (``baseline``: eV per atom, indexed by
+    atomic number), zero forces and zero stress."""
+    baseline = baseline.detach().double().cpu()
+    sums = ErrorSums()
+    for batch in batches:
+        num = len(batch[K.NUM_ATOMS])
+        energy = torch.zeros(num, dtype=torch.float64)
+        energy.index_add_(0, batch[K.BATCH], baseline[batch[K.SPECIES]])
+        out = {
+            K.ENERGY: energy,
+            K.FORCES: torch.zeros_like(batch[K.POSITIONS], dtype=torch.float64),
+            K.STRESS: torch.zeros(num, 3, 3, dtype=torch.float64),
+        }
+        sums = sums + ErrorSums.of_batch(batch, out)
+    return sums

@@ -36,6 +36,7 @@ IDENTITY_KEYS = (
     "model.forces",
     "model.knobs",
     "data.root",
+    "data.sources",
     "data.fraction",
     "data.fraction_unit",
     "data.train_split",
@@ -73,6 +74,12 @@ def identity(cfg: TrainConfig) -> dict[str, Any]:
             node = node[part]
         out[dotted] = node
     out["data.root"] = _normalised_root(out["data.root"])
+    if not out["data.sources"]:  # one root: identities as recorded before mixtures existed
+        del out["data.sources"]
+    else:
+        out["data.sources"] = [
+            {**src, "root": _normalised_root(str(src["root"]))} for src in out["data.sources"]
+        ]
     return out
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from data_pipelines.dataset import open_dataset
 from train import build, checkpoint, rundir
 from train.budget import resolve as resolve_budget
 from train.config import ConfigError, TrainConfig, check
@@ -52,20 +51,10 @@ def run(cfg: TrainConfig) -> dict:
     # decided before anything is written: a start that must stop touches nothing
     resume_from = resume_point(run_dir, cfg, info.world_size)
 
-    # data: opened once; every loader and the subset share it
-    data = open_dataset(cfg.data.root)
-    try:
-        data.require_nonempty(cfg.data.train_split)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    manifest, stats = data.manifest, data.stats
-    subset = None
-    if cfg.data.fraction < 1.0:
-        subset = build.subset_of(
-            data, cfg.data.train_split, cfg.data.fraction, cfg.data.fraction_unit
-        )
-    split = subset or manifest["splits"][cfg.data.train_split]
-    budget = resolve_budget(cfg, split["num_structures"], split["num_atoms"])
+    # data: opened once (one root, or every source of a mixture)
+    data = build.open_data(cfg)
+    stats = data.stats
+    budget = resolve_budget(cfg, data.num_structures, data.num_atoms)
     if info.is_main:  # config and data checked: now the run directory is written
         rundir.prepare(run_dir, cfg)
     barrier()
@@ -80,8 +69,8 @@ def run(cfg: TrainConfig) -> dict:
         build.init_weights(model, cfg.trainer.init_from)
     dtype = getattr(torch, cfg.trainer.dtype)
     model = model.to(info.device, dtype)
-    flops = build.reference_flops(model, cfg, data, cutoff, info.device, dtype)
-    train_loader, val_loader = build.build_loaders(cfg, data, manifest, subset, cutoff, info)
+    flops = build.reference_flops(model, cfg, data.reference, cutoff, info.device, dtype)
+    train_loader, val_loader, val_sources = build.loaders(cfg, data, cutoff, info)
 
     # engine, EMA, and the state of an interrupted run
     optimizer = build_optimizer(model.parameters(), cfg.optim)
@@ -116,10 +105,11 @@ def run(cfg: TrainConfig) -> dict:
             logger=logger,
             info=info,
             run_dir=run_dir,
-            allowed_elements=element_mask(manifest["elements"]),
+            allowed_elements=element_mask(data.elements),
             progress=progress,
             augment=build.default_augment(cfg),
             budget=budget,
+            val_sources=val_sources,
         ),
     )
     trainer.best = dict(state.get("best") or {}) if state else {}
@@ -143,14 +133,7 @@ def run(cfg: TrainConfig) -> dict:
     # the end: final validation with the EMA weights, last checkpoint, summary
     final_val = trainer.validate()
     trainer.save(0.0)
-    data_block = {
-        "root": cfg.data.root,
-        "name": manifest.get("name"),
-        "num_train_structures": split["num_structures"],
-        "num_train_atoms": split["num_atoms"],
-        "data_fraction": cfg.data.fraction,
-        "fraction_unit": cfg.data.fraction_unit,
-    }
+    data_block = {**data.block, **trainer.source_counts()}
     summary = rundir.summary(
         cfg,
         name,
@@ -159,7 +142,7 @@ def run(cfg: TrainConfig) -> dict:
         flops,
         data_block,
         info.world_size,
-        train_loader.state.epoch,
+        trainer.epoch,
         final_val,
     )
     trivial = trainer.trivial_metrics()

@@ -21,7 +21,7 @@ from train.budget import Budget
 from train.config import TrainConfig
 from train.dist import DistInfo, all_reduce_
 from train.ema import EMA
-from train.losses import ErrorSums, compute_loss
+from train.losses import ErrorSums, compute_loss, trivial_sums
 from train.metrics import MetricLogger
 from train.progress import ProgressReport, resolve_mode
 from train.resume import identity
@@ -81,6 +81,8 @@ class TrainParts:
         progress: counters, restored from a checkpoint on resume.
         augment: apply random O(3) rotations to training batches.
         budget: the step limit, schedule length and time budget (train.budget).
+        val_sources: for a mixture, one validation stream per source (name ->
+            loader); validation then reports each source and their pool.
     """
 
     engine: object
@@ -94,6 +96,7 @@ class TrainParts:
     progress: Progress
     augment: bool
     budget: Budget
+    val_sources: dict = field(default_factory=dict)
 
 
 def element_mask(symbols) -> torch.Tensor:
@@ -173,6 +176,8 @@ class Trainer:
         self.progress = parts.progress
         self.augment_on = parts.augment
         self.budget = parts.budget
+        self.val_sources = parts.val_sources
+        self.mixture = hasattr(parts.train_loader, "names")  # data_pipelines.mixture
         self.best: dict = {}  # best validation value so far and its step (early stopping)
         self.on_best = lambda trainer: None  # called on the main rank at a new best
         self._t_start = time.time()
@@ -209,7 +214,17 @@ class Trainer:
 
     # ---- data -----------------------------------------------------------------------
 
+    @property
+    def epoch(self) -> int:
+        """The training stream's epoch (for a mixture: the first source's)."""
+        if self.mixture:
+            return min(self.train_loader.epochs)
+        return self.train_loader.state.epoch
+
     def _batches(self) -> Iterator[tuple[dict, bool]]:
+        if self.mixture:  # sources restart their own epochs: the stream never ends
+            yield from equal_steps(iter(self.train_loader))
+            return
         while True:
             epoch = self.train_loader.state.epoch
             max_epochs = self.cfg.trainer.max_epochs
@@ -218,36 +233,67 @@ class Trainer:
             yield from equal_steps(iter(self.train_loader))
             self.train_loader.set_epoch(epoch + 1)
 
+    def source_counts(self) -> dict:
+        """Per mixture source: weight, structures and atoms seen (all ranks), epoch."""
+        if not self.mixture:
+            return {}
+        loader = self.train_loader
+        table = torch.tensor(
+            [[s["batches"], s["structures"], s["atoms"]] for s in loader.seen], dtype=torch.float64
+        )
+        all_reduce_(table)
+        total = sum(loader.weights) or 1.0
+        return {
+            "seen_by_source": {
+                name: {
+                    "weight": w / total,
+                    "batches": int(row[0]),
+                    "structures_seen": int(row[1]),
+                    "atoms_seen": int(row[2]),
+                    "epoch": epoch,
+                }
+                for name, w, row, epoch in zip(loader.names, loader.weights, table, loader.epochs)
+            }
+        }
+
     # ---- validation -----------------------------------------------------------------
 
+    def _sums(self, loader) -> ErrorSums:
+        loader.reset()
+        with self.ema.applied(self.model):
+            sums = evaluate_batches(self.model, iter(loader), self.info.device, self.dtype)
+        all_reduce_(sums.table)
+        return sums
+
     def validate(self) -> dict:
+        """Validation metrics with the EMA weights; for a mixture, per source
+        (``val/<source>/...``) and over all sources pooled (``val/...``)."""
+        if self.val_sources:
+            pooled, out = ErrorSums(), {}
+            for name, loader in self.val_sources.items():
+                sums = self._sums(loader)
+                pooled = pooled + sums
+                out.update(
+                    {k.replace("val/", f"val/{name}/", 1): v for k, v in sums.metrics().items()}
+                )
+            self.model.train()
+            return {**pooled.metrics(), **out}
         if self.val_loader is None:
             return {}
-        self.val_loader.reset()
-        with self.ema.applied(self.model):
-            sums = evaluate_batches(self.model, iter(self.val_loader), self.info.device, self.dtype)
-        all_reduce_(sums.table)
+        sums = self._sums(self.val_loader)
         self.model.train()
         return sums.metrics()
 
     def trivial_metrics(self) -> dict:
-        """Validation errors of the trivial predictors, the floor a learned model
-        must clear: the composition baseline for energy, zero forces and stress."""
-        if self.val_loader is None:
+        """Validation errors of the trivial predictors (train.losses.trivial_sums)."""
+        loaders = list(self.val_sources.values()) or [self.val_loader]
+        loaders = [loader for loader in loaders if loader is not None]
+        if not loaders:
             return {}
-        self.val_loader.reset()
-        baseline = self.model.composition_baseline.double()
         sums = ErrorSums()
-        for batch in self.val_loader:
-            per_atom = baseline[batch[K.SPECIES]]
-            energy = torch.zeros(len(batch[K.NUM_ATOMS]), dtype=torch.float64)
-            energy.index_add_(0, batch[K.BATCH], per_atom)
-            out = {
-                K.ENERGY: energy,
-                K.FORCES: torch.zeros_like(batch[K.POSITIONS], dtype=torch.float64),
-                K.STRESS: torch.zeros(len(batch[K.NUM_ATOMS]), 3, 3, dtype=torch.float64),
-            }
-            sums = sums + ErrorSums.of_batch(batch, out)
+        for loader in loaders:
+            loader.reset()
+            sums = sums + trivial_sums(loader, self.model.composition_baseline)
         all_reduce_(sums.table)
         return {k.split("/", 1)[1]: v for k, v in sums.metrics("trivial").items()}
 
@@ -348,7 +394,7 @@ class Trainer:
                 real = max(1.0, self.info.world_size * accum - local.padded_batches)
                 row = {
                     "step": p.step,
-                    "epoch": self.train_loader.state.epoch,
+                    "epoch": self.epoch,
                     "train/loss": local.loss / real,
                     "lr": lr,
                     "grad_norm": grad_norm,
