@@ -215,6 +215,8 @@ def _cell(metrics: dict, key: str, scale: float | None, fmt: str, num: int) -> s
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if scale is None:  # a fraction of structures: show the count
+        # space groups kept: out of the starts above P1 (relax counts P1 starts apart)
+        num -= int(metrics.get(f"{key.split('/')[0]}/num_p1_starts", 0) or 0)
         return f"{round(value * num)}/{num}"
     return format(value * scale, fmt)
 

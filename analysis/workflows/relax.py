@@ -6,8 +6,15 @@
 
 Per structure: converged, steps, final energy, RMSD of the relaxed structure
 against a reference relaxation (by default the same model with conservative
-forces and no corrections; ``--reference-model emt`` for a model trained on
-EMT data), and the space group before and after at symprec 1e-5 and 1e-2.
+forces and no corrections, which measures what the corrections and the force
+mode change, not accuracy; ``--reference-model emt`` for a model trained on
+EMT data, or a DFT-quality model file), and the space group before and after
+at symprec 1e-5 and 1e-2. The summary names the reference.
+
+Space groups: a start with no symmetry (P1, e.g. a rattled cell) trivially
+"keeps" it, so P1 starts are left out of ``spacegroup_kept_fraction`` and
+reported apart: ``num_p1_starts`` and ``p1_symmetry_found_fraction`` (the
+share of them that relaxed into a group above P1). Progress lines go to stderr.
 
 Writes ``DIR/results.csv`` (one row per structure), ``DIR/results.json``
 (settings, rows, metrics) and ``DIR/metrics.json`` (flat ``relax/...`` names).
@@ -29,7 +36,7 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS, FIRE
 
 from analysis.workflows.model import REFERENCE_HELP, ModelOptions, check_species, reference_options
-from analysis.workflows.results import nanmean, write_results
+from analysis.workflows.results import Progress, fmt, nanmean, write_results
 from analysis.workflows.settings import setting
 from analysis.workflows.structures import Structures, as_structures, spacegroup
 
@@ -143,11 +150,15 @@ def structure_rmsd(atoms: Atoms, reference: Atoms) -> float:
 
 
 def _relax_all(
-    options: ModelOptions, structures: list[tuple[str, Atoms]], settings: RelaxSettings
+    options: ModelOptions,
+    structures: list[tuple[str, Atoms]],
+    settings: RelaxSettings,
+    progress: Progress | None = None,
+    role: str = "model",
 ) -> list[Relaxed]:
     calc = options.build()
     results = []
-    for name, atoms in structures:
+    for k, (name, atoms) in enumerate(structures, start=1):
         check_species(calc, atoms, name, options.spec)
         try:
             results.append(relax_structure(atoms, calc, settings))
@@ -155,7 +166,32 @@ def _relax_all(
             raise RuntimeError(
                 f"relaxing {name!r} with {options.describe()} failed: {exc}"
             ) from exc
+        if progress is not None:
+            res = results[-1]
+            state = "converged" if res.converged else "NOT converged"
+            progress(
+                f"{role} {options.describe()} [{k}/{len(structures)}] {name}: {state} "
+                f"after {res.steps} steps"
+            )
     return results
+
+
+def reference_label(model: ModelOptions, settings: RelaxSettings) -> str:
+    """What the RMSD is measured against, in words."""
+    reference = reference_options(model, settings.reference_model)
+    if reference is None:
+        return "no reference (--reference-model none)"
+    if settings.reference_model is None:
+        what = (
+            "the model itself, so RMSD 0 by construction"
+            if reference == model
+            else "the same model with conservative forces, no corrections"
+        )
+        return (
+            f"{reference.describe()} (the default reference: {what}; "
+            "--reference-model emt|FILE for another)"
+        )
+    return reference.describe()
 
 
 def run(
@@ -178,13 +214,15 @@ def run(
     """
     structures = as_structures(structures)
     reference = reference_options(model, settings.reference_model)
-    relaxed = _relax_all(model, structures, settings)
+    progress = Progress("relax")
+    progress(f"reference: {reference_label(model, settings)}")
+    relaxed = _relax_all(model, structures, settings, progress)
     if reference is None:
         ref_relaxed = None
     elif reference == model:
         ref_relaxed = relaxed  # the same deterministic calculation: RMSD 0 by construction
     else:
-        ref_relaxed = _relax_all(reference, structures, settings)
+        ref_relaxed = _relax_all(reference, structures, settings, progress, "reference")
 
     rows = []
     for k, ((name, start), res) in enumerate(zip(structures, relaxed)):
@@ -225,6 +263,7 @@ def run(
         "settings": {
             "model": model.as_dict(),
             "reference": reference.as_dict() if reference else None,
+            "reference_label": reference_label(model, settings),
             **how,
         },
         "rows": rows,
@@ -238,6 +277,22 @@ def run(
             writer.writeheader()
             writer.writerows(rows)
     return write_results(out, result)
+
+
+def _symmetry_counts(rows: list[dict], suffix: str) -> dict[str, float]:
+    """Space groups kept by starts above P1; P1 starts (nothing to keep) apart."""
+    before, after = f"spacegroup_before{suffix}", f"spacegroup_after{suffix}"
+    ordered = [r for r in rows if r[before] != 1]
+    p1 = [r for r in rows if r[before] == 1]
+    return {
+        f"relax/spacegroup_kept_fraction{suffix}": (
+            sum(r[before] == r[after] for r in ordered) / len(ordered) if ordered else math.nan
+        ),
+        f"relax/num_p1_starts{suffix}": len(p1),
+        f"relax/p1_symmetry_found_fraction{suffix}": (
+            sum(r[after] != 1 for r in p1) / len(p1) if p1 else math.nan
+        ),
+    }
 
 
 def summarize(rows: list[dict]) -> dict[str, float]:
@@ -254,28 +309,32 @@ def summarize(rows: list[dict]) -> dict[str, float]:
         "relax/energy_mae_per_atom": nanmean(energy_err),
         # |V / V_ref - 1| of the relaxed cells: what RMSD misses when only the cell moves
         "relax/volume_error_mean_abs": nanmean([abs(r["volume_error"]) for r in rows]),
-        "relax/spacegroup_kept_fraction": sum(
-            r["spacegroup_before"] == r["spacegroup_after"] for r in rows
-        )
-        / num,
-        "relax/spacegroup_kept_fraction_loose": sum(
-            r["spacegroup_before_loose"] == r["spacegroup_after_loose"] for r in rows
-        )
-        / num,
+        **_symmetry_counts(rows, ""),
+        **_symmetry_counts(rows, "_loose"),
     }
 
 
+def _kept(m: dict, suffix: str, symprec: float) -> str:
+    n = m["relax/num_structures"]
+    p1 = m[f"relax/num_p1_starts{suffix}"]
+    kept = m[f"relax/spacegroup_kept_fraction{suffix}"]
+    text = f"{round(kept * (n - p1))}/{n - p1}" if p1 < n else "n/a"
+    text += f" (symprec {symprec:g}"
+    if p1:
+        found = m[f"relax/p1_symmetry_found_fraction{suffix}"]
+        text += f"; {p1} P1 start{'s' if p1 > 1 else ''} apart, {round(found * p1)} found symmetry"
+    return text + ")"
+
+
 def summary(model: ModelOptions, settings: RelaxSettings, result: dict, out: Path | None) -> str:
-    """The command's one line: convergence, RMSD and space groups kept."""
-    reference = reference_options(model, settings.reference_model)
+    """The command's one line: convergence, RMSD against the named reference, space
+    groups kept (P1 starts apart)."""
     m = result["metrics"]
     n = m["relax/num_structures"]
     return (
         f"relax {model.describe()}: {n} structures, converged "
         f"{round(m['relax/converged_fraction'] * n)}/{n}, mean steps {m['relax/steps_mean']:.0f}, "
-        f"RMSD mean {m['relax/rmsd_mean']:.2e} A vs "
-        f"{reference.describe() if reference else 'none'}, space group kept "
-        f"{round(m['relax/spacegroup_kept_fraction'] * n)}/{n} (symprec {SYMPREC_STRICT:g}), "
-        f"{round(m['relax/spacegroup_kept_fraction_loose'] * n)}/{n} (symprec {SYMPREC_LOOSE:g}) "
-        f"-> {out}"
+        f"RMSD mean {fmt(m['relax/rmsd_mean'])} A vs {reference_label(model, settings)}, "
+        f"space group kept {_kept(m, '', SYMPREC_STRICT)}, {_kept(m, '_loose', SYMPREC_LOOSE)}"
+        f" -> {out}"
     )

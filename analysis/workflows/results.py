@@ -9,8 +9,10 @@ directory it writes the result to ``DIR/results.json`` and the metrics alone to
 from __future__ import annotations
 
 import math
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -37,3 +39,27 @@ def nanmean(values: list[float]) -> float:
     """Mean ignoring NaN (NaN when nothing is left), without numpy's warning."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else math.nan
+
+
+def fmt(value: float | None, spec: str = ".2e", missing: str = "n/a") -> str:
+    """``value`` formatted with ``spec``, or "n/a" when it is None or NaN (nothing measured)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return missing
+    return format(value, spec)
+
+
+class Progress:
+    """Progress lines of a long workflow on stderr, with the elapsed time, so a
+    command that runs for minutes says what it is doing (stdout keeps the summary)."""
+
+    def __init__(self, workflow: str, stream: TextIO | None = None):
+        self.workflow = workflow
+        self.stream = stream
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def __call__(self, message: str) -> None:
+        stream = self.stream if self.stream is not None else sys.stderr
+        print(f"{self.workflow} [{self.elapsed():6.1f} s] {message}", file=stream, flush=True)

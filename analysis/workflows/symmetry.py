@@ -3,21 +3,54 @@
     python -m analysis symmetry --model emt --structures builtin:metals \
         [--num-rotations 8] [--grid-l-max 3] [--out DIR] [--forces direct]
 
-Per structure:
-
-- rotational error: spread of the back-rotated predictions over random
-  rotations (identity included), and the weighted standard deviation over the
-  rotational-averaging grid of the uncorrected model; next to the model's
-  error against the labels when the structures file has energies/forces;
-- Jacobian asymmetry lambda = ||J_anti||_F / ||J||_F with J = dF/dr by central
-  finite differences on a block of atoms (0 up to O(step^2) for gradient forces);
-- NVE energy drift of a short velocity-Verlet run.
-
 Rotational errors, lambda and MD use a "working cell": the structure repeated
 to at least ``--min-atoms`` atoms and rattled, so a 1-atom cell still has a
 Jacobian to measure and no accidental symmetry hides asymmetry (in a perfect
 Bravais lattice gradient forces vanish identically, so their rotational error
-would read exactly 0). Label errors use the structure as given.
+would read exactly 0). Label errors use the structure as given. Progress lines
+go to stderr; "n/a" means not measured (no labels, no stress, a skipped part).
+
+Glossary (metric names as in metrics.json, ``symmetry/<name>``, means over structures):
+
+  rot_error_energy / _forces / _stress  eV/atom, eV/A, eV/A^3
+      RMS deviation of the back-rotated predictions from their mean over
+      --num-rotations random rotations plus the identity. How far the model is
+      from rotational equivariance. Exactly equivariant models (MACE, EMT):
+      round-off only (about 1e-6 in float32, 1e-12 in float64); an unconstrained
+      one: judge it against its force error (rot_error_over_force_mae).
+  grid_std_energy / _forces / _stress   same units
+      Weighted standard deviation of the uncorrected model over the
+      rotational-averaging grid of degree --grid-l-max: the same quantity on a
+      quadrature grid, the error that averaging on that grid removes.
+  energy_mae_per_atom, force_mae, force_rmse   eV/atom, eV/A, eV/A
+      Error against the labels of the structures file (n/a without labels).
+  rot_error_over_force_mae   dimensionless
+      rot_error_forces / force_mae: is the broken symmetry small next to the
+      error the model makes anyway? Well below 1 (say < 0.1) is good.
+  lambda   dimensionless, 0..1
+      Jacobian asymmetry ||J - J^T||_F / (2 ||J||_F) with J = dF/dr by central
+      finite differences (step --fd-step) on a block of atoms: how far the
+      forces are from being the gradient of any energy. Gradient forces: 1e-7
+      to 1e-4 (finite differences and float32 round-off); direct forces of a
+      trained model: about 1e-3 to 1e-2; above 0.1 they are far from conservative.
+  nve_drift_meV_per_atom_per_ps   meV/atom/ps
+      Slope of the total energy per atom in a velocity-Verlet NVE run
+      (--md-steps, --md-timestep, --md-temperature): energy a simulation gains
+      or loses. Conservative forces: close to 0 (well under 1 meV/atom/ps for
+      metals at 1 fs); non-conservative forces heat or cool the system steadily.
+  nve_max_dev_meV_per_atom   meV/atom
+      Largest |E_total - E_0| per atom during that run (includes the bounded
+      oscillation of any integrator): a few meV/atom or less is good.
+  num_atoms, work_num_atoms   the given and the working cell's atom counts.
+
+Cost: the Jacobian takes 6 evaluations per block atom, MD one per step. A
+rotationally averaged model (--rotational-average L) costs a grid of
+evaluations each (42 for L = 3), so by default (--num-rotations,
+--jacobian-atoms and --md-steps left unset) a plain model gets 8 rotations, an
+8-atom block and 100 MD steps, and an averaged one 2 rotations, a 2-atom block
+and no MD run (the amounts divided by the grid size, MD only if 50 steps or
+more are left), which keeps a 64-atom cell to a minute or two on 2 cores; set
+them to measure more.
 
 Writes ``DIR/results.json`` and ``DIR/metrics.json`` (flat ``symmetry/...`` names).
 """
@@ -25,6 +58,7 @@ Writes ``DIR/results.json`` and ``DIR/metrics.json`` (flat ``symmetry/...`` name
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,10 +72,10 @@ from numpy.typing import NDArray
 from scipy.spatial.transform import Rotation
 
 from analysis.workflows.model import ModelOptions, check_species
-from analysis.workflows.results import nanmean, write_results
+from analysis.workflows.results import Progress, fmt, nanmean, write_results
 from analysis.workflows.settings import setting
 from analysis.workflows.structures import Structures, as_structures
-from train.corrections import RotationalAverage, transform_atoms
+from train.corrections import RotationalAverage, rotation_grid, transform_atoms
 
 
 @dataclass(frozen=True)
@@ -49,19 +83,29 @@ class SymmetrySettings:
     """Diagnostic settings; each field's help and unit are its metadata
     (``python -m analysis symmetry --help`` lists them)."""
 
-    num_rotations: int = setting(8, "random rotations for the rotational error (plus identity)")
+    num_rotations: int | None = setting(
+        None,
+        "random rotations for the rotational error (plus identity); unset: 8, or 2 for a "
+        "rotationally averaged model",
+    )
     grid_l_max: int | None = setting(
         3, "l_max of the grid whose std is reported; -1 skips it", none_at_or_below=-1
     )
     # Large enough for float32 models, small enough for the O(step^2)
     # truncation to stay ~1e-5.
     fd_step: float = setting(5e-3, "finite-difference step of the force Jacobian", "A")
-    jacobian_atoms: int = setting(
-        8, "atoms in the block whose Jacobian is measured; 0 skips lambda"
+    jacobian_atoms: int | None = setting(
+        None,
+        "atoms in the block whose Jacobian is measured; 0 skips lambda; unset: 8, or 2 "
+        "for a rotationally averaged model",
     )
     min_atoms: int = setting(32, "atoms of the working cell for the Jacobian and MD")
     rattle: float = setting(0.02, "Gaussian rattle of the working cell", "A")
-    md_steps: int = setting(200, "velocity-Verlet steps; 0 skips the NVE run")
+    md_steps: int | None = setting(
+        None,
+        "velocity-Verlet steps; 0 skips the NVE run; unset: 100, fewer or none for a "
+        "rotationally averaged model (each step costs a grid of evaluations)",
+    )
     md_timestep: float = setting(1.0, "MD time step", "fs")
     md_temperature: float = setting(300.0, "initial Maxwell-Boltzmann temperature", "K")
     seed: int = setting(0, "seed for rotations, rattle and velocities")
@@ -225,11 +269,50 @@ def nve_drift(
     }
 
 
+# Work of a plain model; an averaged one scales it down by its grid size (see
+# the module docstring): 2 block atoms at least, no MD below this many steps.
+PLAIN_ROTATIONS = 8
+PLAIN_JACOBIAN_ATOMS = 8
+PLAIN_MD_STEPS = 100
+MIN_ROTATIONS = 2
+MIN_JACOBIAN_ATOMS = 2
+MIN_MD_STEPS = 50
+
+
+def evaluations_per_call(model: ModelOptions) -> int:
+    """Model evaluations behind one call of the configured calculator (its grid size)."""
+    if model.rotational_average is None:
+        return 1
+    return len(rotation_grid(model.rotational_average, inversion=model.inversion))
+
+
+def planned_work(settings: SymmetrySettings, cost: int) -> tuple[int, int, int]:
+    """(random rotations, Jacobian block atoms, MD steps): the settings, or when
+    unset the plain model's amounts divided by ``cost`` (evaluations per call)."""
+    rotations = settings.num_rotations
+    if rotations is None:
+        rotations = max(MIN_ROTATIONS, PLAIN_ROTATIONS // cost)
+    atoms = settings.jacobian_atoms
+    if atoms is None:
+        atoms = max(MIN_JACOBIAN_ATOMS, PLAIN_JACOBIAN_ATOMS // cost)
+    steps = settings.md_steps
+    if steps is None:
+        steps = PLAIN_MD_STEPS // cost
+        steps = steps if steps >= MIN_MD_STEPS else 0
+    return rotations, atoms, steps
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
 def diagnose(
     calc: Calculator,
     plain_calc: Calculator | None,
     atoms: Atoms,
     settings: SymmetrySettings,
+    cost: int = 1,
+    progress: Callable[[str], None] = _quiet,
 ) -> dict[str, float]:
     """All diagnostics for one structure (see the module docstring).
 
@@ -240,6 +323,8 @@ def diagnose(
         atoms: the structure; labels are read from its attached calculator
             (e.g. energies/forces of an extxyz file) when present.
         settings: diagnostic settings.
+        cost: model evaluations per call of ``calc`` (sizes the unset work).
+        progress: called with a line before each part.
     """
     labels = dict(atoms.calc.results) if atoms.calc is not None else {}
     atoms = atoms.copy()
@@ -253,24 +338,27 @@ def diagnose(
     # conservative model, equivariant or not.
     work = working_cell(atoms, settings.min_atoms, settings.rattle, settings.seed)
     out["work_num_atoms"] = len(work)
-    out.update(rotational_spread(calc, work, settings.num_rotations, settings.seed))
+    rotations, block_atoms, md_steps = planned_work(settings, cost)
+    out["num_rotations"], out["jacobian_atoms"], out["md_steps"] = rotations, block_atoms, md_steps
+    each = f" x {cost} grid evaluations" if cost > 1 else ""
+    progress(f"rotational error: {rotations + 1} calls{each}, {len(work)} atoms")
+    out.update(rotational_spread(calc, work, rotations, settings.seed))
     if plain_calc is not None and settings.grid_l_max is not None:
+        progress(f"grid std (l_max {settings.grid_l_max}) of the uncorrected model")
         out.update(grid_spread(plain_calc, work, settings.grid_l_max))
-    if settings.jacobian_atoms > 0 or settings.md_steps > 0:
-        if settings.jacobian_atoms > 0:
-            block = list(range(min(settings.jacobian_atoms, len(work))))
-            out["lambda"] = jacobian_asymmetry(force_jacobian(calc, work, block, settings.fd_step))
-        if settings.md_steps > 0:
-            out.update(
-                nve_drift(
-                    calc,
-                    work,
-                    settings.md_steps,
-                    settings.md_timestep,
-                    settings.md_temperature,
-                    settings.seed,
-                )
+    if block_atoms > 0:
+        block = list(range(min(block_atoms, len(work))))
+        progress(f"lambda: Jacobian of {len(block)} atoms, {6 * len(block)} calls{each}")
+        out["lambda"] = jacobian_asymmetry(force_jacobian(calc, work, block, settings.fd_step))
+    if md_steps > 0:
+        progress(f"NVE: {md_steps} steps of {settings.md_timestep:g} fs, one call each{each}")
+        out.update(
+            nve_drift(
+                calc, work, md_steps, settings.md_timestep, settings.md_temperature, settings.seed
             )
+        )
+    elif settings.md_steps is None:
+        progress(f"NVE skipped: {cost} evaluations per step; --md-steps N runs it")
     if out["force_mae"] > 0:
         out["rot_error_over_force_mae"] = out["rot_error_forces"] / out["force_mae"]
     return out
@@ -316,28 +404,44 @@ def run(
     structures = as_structures(structures)
     calc = model.build()
     plain_calc = model.plain().build() if settings.grid_l_max is not None else None
+    cost = evaluations_per_call(model)
+    progress = Progress("symmetry")
     per_structure = {}
-    for name, atoms in structures:
+    for k, (name, atoms) in enumerate(structures, start=1):
         check_species(calc, atoms, name, model.spec)
-        per_structure[name] = diagnose(calc, plain_calc, atoms, settings)
+        where = f"[{k}/{len(structures)}] {name}"
+
+        def say(line: str, at: str = where) -> None:
+            progress(f"{at}: {line}")
+
+        per_structure[name] = diagnose(calc, plain_calc, atoms, settings, cost, say)
+    progress(f"done: {len(structures)} structures")
+    labelled = any(math.isfinite(r["force_mae"]) for r in per_structure.values())
     metrics: dict[str, float] = {"symmetry/num_structures": len(per_structure)}
     for key in METRIC_KEYS:
         metrics[f"symmetry/{key}"] = nanmean([r.get(key, math.nan) for r in per_structure.values()])
     result = {
-        "settings": {"model": model.as_dict(), **asdict(settings)},
+        "settings": {"model": model.as_dict(), **asdict(settings), "evaluations_per_call": cost},
         "structures": per_structure,
         "metrics": metrics,
+        "labelled": labelled,
     }
     return write_results(out, result)
 
 
 def summary(model: ModelOptions, settings: SymmetrySettings, result: dict, out: Path | None) -> str:
-    """The command's one line: rotational error, label error, lambda, NVE drift."""
+    """The command's one line: rotational error, label error, lambda, NVE drift ("n/a":
+    not measured; the module docstring explains each)."""
     m = result["metrics"]
+    labels = (
+        f"{fmt(m['symmetry/force_mae'])} eV/A"
+        if result.get("labelled", True)
+        else "n/a (the structures carry no force labels)"
+    )
     return (
-        f"symmetry {model.describe()}: rot error forces {m['symmetry/rot_error_forces']:.2e} eV/A "
-        f"(grid std {m['symmetry/grid_std_forces']:.2e}), force MAE vs labels "
-        f"{m['symmetry/force_mae']:.2e} eV/A, lambda {m['symmetry/lambda']:.2e}, NVE drift "
-        f"{m['symmetry/nve_drift_meV_per_atom_per_ps']:.2e} meV/atom/ps"
+        f"symmetry {model.describe()}: rot error forces {fmt(m['symmetry/rot_error_forces'])} "
+        f"eV/A (grid std {fmt(m['symmetry/grid_std_forces'])}), force MAE vs labels {labels}, "
+        f"lambda {fmt(m['symmetry/lambda'])} (Jacobian asymmetry, 0 = conservative), NVE drift "
+        f"{fmt(m['symmetry/nve_drift_meV_per_atom_per_ps'])} meV/atom/ps"
         + (f" -> {out}" if out else "")
     )
