@@ -1,13 +1,13 @@
 """make bench: every benchmark, each against a baseline measured in the same run.
 
-    python -m analysis.bench --out runs/bench [--only data,plan,models,train,corrections]
+    python -m analysis.bench --out runs/bench [--only data,plan,models,train,corrections,mup]
 
 Writes OUT/<name>.json per benchmark and OUT/results.json with all of them;
 BENCHMARKS.md summarises the figures. Each runs alone too:
 ``python -m analysis.bench.data`` (the data pipeline), ``.plan`` (one epoch's
 plan at 100M structures on 512 ranks), ``.models`` (model
 inference), ``.training`` (the training loop), ``.corrections`` (inference-time
-corrections).
+corrections), ``.mup`` (learning-rate transfer across width, standard vs muP).
 """
 
 from __future__ import annotations
@@ -52,12 +52,19 @@ def _corrections(argv: list[str]) -> object:
     return corrections.main(argv)
 
 
+def _mup(argv: list[str]) -> object:
+    from analysis.bench import mup
+
+    return mup.main(argv)
+
+
 BENCHMARKS: dict[str, Callable[[list[str]], object]] = {
     "data": _data,
     "plan": _plan,
     "models": _models,
     "train": _training,
     "corrections": _corrections,
+    "mup": _mup,
 }
 
 
