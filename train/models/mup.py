@@ -11,12 +11,12 @@ at the base width then carry over to wider models.
 
 Each parameter has one role, and each role one rule (Adam):
 
-| role   | what                                   | init           | Adam LR | forward   |
-|--------|----------------------------------------|----------------|---------|-----------|
-| input  | fixed-size input -> width (embeddings) | as SP          | lr      | as SP     |
-| hidden | width -> width matrices                | as SP (1/fan_in)| lr / m | as SP     |
-| output | width -> fixed-size readout            | as SP          | lr      | x 1/m     |
-| vector | biases, norm gains                     | width-free     | lr      | as SP     |
+| role   | what                                   | init             | Adam LR | forward |
+|--------|----------------------------------------|------------------|---------|---------|
+| input  | fixed-size input -> width (embeddings) | as SP            | lr      | as SP   |
+| hidden | width -> width matrices                | as SP (1/fan_in) | lr / m  | as SP   |
+| output | width -> fixed-size readout            | as SP            | lr      | x 1/m   |
+| vector | biases, norm gains                     | width-free       | lr      | as SP   |
 
 The 1/m forward multiplier on the readout with an unscaled LR is the same
 model as TP5's output init 1/fan_in^2 with LR / m, written so that m = 1 is
@@ -24,6 +24,11 @@ bit-identical to SP. Attention logits use q.k / d_head (times the constant
 that matches SP at the base head width) instead of q.k / sqrt(d_head),
 because q and k become correlated during training. At m = 1 every rule is
 the identity, so a muP model at its base width is the SP model.
+
+Not scaled: Adam's epsilon (readout gradients shrink like 1/m, so at widths
+far beyond the base a large epsilon would start to damp them) and AdamW's
+weight decay, which torch multiplies by each group's learning rate (hidden
+matrices decay m times more slowly per step; the default decay is 0).
 """
 
 from __future__ import annotations
