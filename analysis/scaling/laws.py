@@ -1,10 +1,12 @@
 """The scaling laws: power laws with and without an offset, and a fitted law.
 
-With N the parameter count and D the data seen (atoms or structures):
+With N the parameter count, D the data seen (atoms or structures) and C the
+measured training compute (FLOPs):
 
     L(N)    = E + A N^-alpha
     L(D)    = E + B D^-beta
     L(N, D) = E + A N^-alpha + B D^-beta        (the Chinchilla form)
+    L(C)    = E + K C^-kappa                    (fitted to a lower envelope)
 
 and the pure power laws without E. As in Hoffmann et al. (2022) the fit
 minimises a Huber loss on log-residuals (log L_pred - log L_obs) with L-BFGS
@@ -29,7 +31,12 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import optimize
 
-AXIS_PARAMS: dict[str, tuple[str, str]] = {"N": ("A", "alpha"), "D": ("B", "beta")}
+AXIS_PARAMS: dict[str, tuple[str, str]] = {
+    "N": ("A", "alpha"),
+    "D": ("B", "beta"),
+    "C": ("K", "kappa"),
+}
+LAW_NAMES = ("N", "D", "ND", "C")
 EXPONENT_BOUNDS = (0.0, 6.0)
 DEFAULT_DELTA = 1e-3  # Hoffmann et al.: close to L1, so one bad run cannot drag the law
 _LBFGS_OPTIONS = {"maxiter": 2000, "ftol": 1e-9, "gtol": 1e-6}
@@ -53,7 +60,7 @@ class Law:
     """Which power law: the axes it depends on and whether it has an offset E.
 
     Attributes:
-        axes: ("N",), ("D",) or ("N", "D").
+        axes: ("N",), ("D",), ("N", "D") or ("C",).
         offset: True for E + ..., False for the pure power law.
     """
 
@@ -62,10 +69,10 @@ class Law:
 
     @classmethod
     def parse(cls, name: str, offset: bool = True) -> Law:
-        """Law from its CLI name "N", "D" or "ND"."""
-        axes = {"N": ("N",), "D": ("D",), "ND": ("N", "D")}.get(name.upper())
+        """Law from its CLI name "N", "D", "ND" or "C"."""
+        axes = {"N": ("N",), "D": ("D",), "ND": ("N", "D"), "C": ("C",)}.get(name.upper())
         if axes is None:
-            raise ValueError(f"unknown law {name!r}: expected N, D or ND")
+            raise ValueError(f"unknown law {name!r}: expected N, D, ND or C")
         return cls(axes, offset)
 
     @property
@@ -244,11 +251,17 @@ def start_grid(law: Law, y: np.ndarray) -> np.ndarray:
     return np.asarray(starts, dtype=float)
 
 
-def minimise(law, u, y, w, delta, starts) -> list[tuple[float, np.ndarray]]:
-    """L-BFGS-B from every start; (objective, theta) sorted best first."""
+def minimise(law, u, y, w, delta, starts, maxiter: int | None = None):
+    """L-BFGS-B from every start; (objective, theta) sorted best first.
+
+    Args:
+        maxiter: Stop each start after this many iterations (a cheap probe of
+            where it is heading) instead of at convergence.
+    """
     scale = 1.0 / (w.sum() * delta)
     bounds = _bounds(law, y)
-    out = []
+    options = _LBFGS_OPTIONS if maxiter is None else {**_LBFGS_OPTIONS, "maxiter": maxiter}
+    out: list[tuple[float, np.ndarray]] = []
     for th0 in starts:
         res = optimize.minimize(
             objective,
@@ -257,7 +270,7 @@ def minimise(law, u, y, w, delta, starts) -> list[tuple[float, np.ndarray]]:
             jac=True,
             method="L-BFGS-B",
             bounds=bounds,
-            options=_LBFGS_OPTIONS,
+            options=options,
         )
         if np.all(np.isfinite(res.x)) and np.isfinite(res.fun):
             out.append((float(res.fun), res.x))
