@@ -73,7 +73,7 @@ def run(cfg: TrainConfig) -> dict:
     train_loader, val_loader, val_sources = build.loaders(cfg, data, cutoff, info)
 
     # engine, EMA, and the state of an interrupted run
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim)
     schedule = lr_factor(replace(cfg.schedule, total_steps=budget.schedule_steps), budget.max_steps)
     engine = build_engine(model, optimizer, schedule, cfg.optim, cfg.engine)
     ema = EMA(engine.module, cfg.trainer.ema_decay)

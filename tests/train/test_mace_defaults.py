@@ -1,5 +1,5 @@
 """Our MACE is mace-torch's standard architecture by default (odd-parity l=1
-hidden irreps, a plain first interaction), and files written before that
+hidden irreps as MACE-MP-0; the first block is a knob), and files written before that
 default changed still load as what they were."""
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from train.models import build_model
 def test_default_mace_is_the_standard_architecture():
     model = build_model("mace", "mini")
     net = model.network
-    assert str(net.interactions[0].__class__.__name__) == "RealAgnosticInteractionBlock"
-    assert str(net.interactions[1].__class__.__name__) == "RealAgnosticResidualInteractionBlock"
+    assert net.interactions[0].__class__.__name__ == "RealAgnosticResidualInteractionBlock"
+    plain = build_model("mace", "mini", first_interaction="RealAgnosticInteractionBlock")
+    assert plain.network.interactions[0].__class__.__name__ == "RealAgnosticInteractionBlock"
+    residual = plain.network.interactions[1].__class__.__name__
+    assert residual == "RealAgnosticResidualInteractionBlock"
     assert "8x1o" in str(net.products[0].linear.irreps_out)  # as MACE-MP-0's 128x0e+128x1o
     even = build_model("mace", "mini", parity="even")
     assert "1e" in str(even.network.products[0].linear.irreps_out)

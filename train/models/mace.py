@@ -53,9 +53,12 @@ class MACEConfig:
             from the data (mace_run_train measures it; 38 at 5 A on the EMT data).
         elements: atomic numbers the model accepts (one-hot width).
         interaction: mace interaction block class name of every layer after the first.
-        first_interaction: block of the first layer; mace-torch's standard models
-            (mace_run_train, MACE-MP-0) use the non-residual
-            RealAgnosticInteractionBlock there. None: the same as ``interaction``.
+        first_interaction: block of the first layer. The default, the residual
+            block, is MACE-MP-0's (with alternating parity our ``xs`` then has
+            4 688 400 parameters, MACE-MP-0 medium's published count);
+            ``RealAgnosticInteractionBlock`` is mace_run_train's command-line
+            default (about twice the parameters at 89 elements: its first skip
+            connection is a per-element channel mix). None: as ``interaction``.
         parity: parity of the hidden irreps. "alternating" gives l-th irreps the
             parity (-1)^l (128x0e+128x1o for MACE-MP-0 medium), mace-torch's
             standard; "even" makes every hidden irrep even (0e+1e+...), what this
@@ -75,7 +78,7 @@ class MACEConfig:
     avg_num_neighbours: float = 20.0
     elements: tuple[int, ...] = DEFAULT_ELEMENTS
     interaction: str = "RealAgnosticResidualInteractionBlock"
-    first_interaction: str | None = "RealAgnosticInteractionBlock"
+    first_interaction: str | None = "RealAgnosticResidualInteractionBlock"
     parity: str = "alternating"
 
     def __post_init__(self) -> None:
