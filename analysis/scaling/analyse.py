@@ -1,8 +1,11 @@
 """Fitting a whole study: every law for every family and metric, frontiers, comparisons.
 
 L(N) is fitted at fixed data (the data budget with the most distinct sizes),
-L(D) at fixed size, L(N, D) on all runs of a family. The command that reads
-the inputs and writes the report around this is :mod:`analysis.scaling.command`.
+L(D) at fixed size, L(N, D) on all runs of a family and L(C) on the family's
+lower compute envelope. Which runs are points at all (ladder mains, tuned
+envelopes) is :mod:`analysis.scaling.points`. Every fit with still-improving
+runs is refitted without them. The command that reads the inputs and writes
+the report around this is :mod:`analysis.scaling.command`.
 """
 
 from __future__ import annotations
@@ -18,10 +21,24 @@ import numpy as np
 
 from analysis.scaling.diagnostics import loo_cv, loo_largest
 from analysis.scaling.fits import fit_law
-from analysis.scaling.frontier import compare_pair, frontier, pareto
+from analysis.scaling.frontier import (
+    compare_pair,
+    envelope,
+    envelope_allocation,
+    frontier,
+    pareto,
+)
 from analysis.scaling.laws import FitError, Law, clusters, num_distinct
 from analysis.scaling.load import LoadError, available_metrics, resolve_metric
-from analysis.scaling.types import DATA_MEASURES, Analysis, FitEntry, Run, Settings
+from analysis.scaling.points import choose_params, drop_ladder_mains, tuned_envelope
+from analysis.scaling.types import (
+    DATA_MEASURES,
+    PARAM_MEASURES,
+    Analysis,
+    FitEntry,
+    Run,
+    Settings,
+)
 
 _D_TOL = 0.05  # runs within 5% of data seen share a data budget (dynamic batching jitters it)
 _N_TOL = 0.01
@@ -30,7 +47,18 @@ _N_TOL = 0.01
 # --- choosing the runs for a law ------------------------------------------------
 
 
-def _usable(runs: list[Run], family: str, metric: str, out: Analysis) -> list[Run]:
+def _points(runs: list[Run], family: str, metric: str, s: Settings, out: Analysis) -> list[Run]:
+    """The runs of a family that are points of a law for a metric: ladder mains out
+    (unless asked), one run per tuned grid point, then the usable ones."""
+    pool = [r for r in runs if r.finished and r.family == family and metric in r.metrics]
+    pool, _ = drop_ladder_mains(pool, s.include_ladder_mains)
+    pool, selections = tuned_envelope(pool, metric)
+    if selections:
+        out.tuned.setdefault(family, {})[metric] = selections
+    return _usable(pool, family, metric, out, s.param_measure)
+
+
+def _usable(runs: list[Run], family: str, metric: str, out: Analysis, pm: str) -> list[Run]:
     """Finished runs of a family with a positive, finite metric; the rest are
     recorded in out.excluded with the reason."""
     keep = []
@@ -46,8 +74,8 @@ def _usable(runs: list[Run], family: str, metric: str, out: Analysis) -> list[Ru
                 f"{metric} = {v:g}: a power law needs positive values (exactly 0 is "
                 "expected for e.g. the non-conservativeness of gradient forces)"
             )
-        elif not r.num_params or r.num_params <= 0:
-            reason = "num_params missing"
+        elif not r.params(pm) or r.params(pm) <= 0:
+            reason = f"{PARAM_MEASURES[pm]} missing"
         if reason:
             out.excluded.append(
                 {"run": r.name, "family": family, "metric": metric, "reason": reason}
@@ -92,7 +120,9 @@ def choose_measure(runs: list[Run], wanted: str) -> tuple[str, str | None]:
     return "atoms_seen", None
 
 
-def _slice(runs: list[Run], axis: str, measure: str) -> tuple[list[Run], dict | None, str | None]:
+def _slice(
+    runs: list[Run], axis: str, measure: str, pm: str
+) -> tuple[list[Run], dict | None, str | None]:
     """Runs at one fixed value of the other axis: the slice with the most distinct
     values along `axis`, ties to the most runs, then the largest fixed value."""
     if axis == "N":
@@ -101,9 +131,9 @@ def _slice(runs: list[Run], axis: str, measure: str) -> tuple[list[Run], dict | 
         # nested subsets) are not at fixed data: split them as well.
         train = [r.num_train_atoms or r.num_train_structures or 0.0 for r in runs]
         keys = list(zip(clusters(fixed, _D_TOL), clusters(train, _D_TOL)))
-        along = [r.num_params for r in runs]
+        along = [r.params(pm) for r in runs]
     else:
-        fixed = [r.num_params for r in runs]
+        fixed = [r.params(pm) for r in runs]
         keys = list(clusters(fixed, _N_TOL))
         along = [r.data(measure) for r in runs]
     groups: dict = {}
@@ -115,7 +145,7 @@ def _slice(runs: list[Run], axis: str, measure: str) -> tuple[list[Run], dict | 
     )
     chosen = [r for r, *_ in best]
     fixed_vals = [f for _, f, _ in best]
-    name = "num_params" if axis == "D" else measure
+    name = PARAM_MEASURES[pm] if axis == "D" else measure
     desc = {
         "quantity": name,
         "min": min(fixed_vals),
@@ -163,33 +193,80 @@ def _fit_with_fallback(x, y, names, law_name: str, s: Settings, what: str, seed:
 
 
 def fit_entry(
-    runs: list[Run], family: str, metric: str, law_name: str, s: Settings, seed: int
+    runs: list[Run],
+    family: str,
+    metric: str,
+    law_name: str,
+    s: Settings,
+    seed: int,
+    checks: bool = True,
 ) -> FitEntry:
-    """Fit one law to a family's runs, choosing the slice it needs."""
+    """Fit one law to a family's runs, choosing the runs it needs.
+
+    Args:
+        checks: Also run the leave-one-out checks and, where runs of the fit are
+            still improving, the same fit without them (`converged_only`).
+    """
     measure, note = _measure(runs, s.data_measure)
+    pm = s.param_measure
     notes = [note] if note else []
-    fixed = None
+    fixed, envelope_of = None, None
     if law_name in ("N", "D"):
         pool = runs if law_name == "N" else [r for r in runs if r.data(measure)]
         if not pool:
             raise FitError(f"no run records {measure}")
-        chosen, fixed, note = _slice(pool, law_name, measure)
+        chosen, fixed, note = _slice(pool, law_name, measure, pm)
         notes += [note] if note else []
+    elif law_name == "C":
+        costed = [r for r in runs if r.flops]
+        if not costed:
+            raise FitError("no run records its training compute (train_flops)")
+        chosen, envelope_of = envelope(costed, metric), len(costed)
+        notes.append(
+            f"fitted to the {len(chosen)} runs on the lower envelope (the best "
+            f"{metric} at or below each compute) of {len(costed)} with measured compute; "
+            "intervals resample those runs"
+        )
     else:
         chosen = [r for r in runs if r.data(measure)]
         if len(chosen) < len(runs):
             notes.append(f"{len(runs) - len(chosen)} run(s) without {measure} left out")
-    x = {"N": np.array([r.num_params for r in chosen], dtype=float)}
-    if law_name != "N":
+    axes = Law.parse(law_name).axes
+    x = {}
+    if "N" in axes:
+        x["N"] = np.array([r.params(pm) for r in chosen], dtype=float)
+    if "D" in axes:
         x["D"] = np.array([r.data(measure) for r in chosen], dtype=float)
+    if "C" in axes:
+        x["C"] = np.array([r.flops for r in chosen], dtype=float)
     y = np.array([r.metrics[metric] for r in chosen])
     what = f"{family}, {metric}, L({','.join(law_name)})"
     res, fb_notes = _fit_with_fallback(x, y, [r.name for r in chosen], law_name, s, what, seed)
     entry = FitEntry(
         family, metric, law_name, res, chosen, measure, fixed, notes + fb_notes + res.notes
     )
+    entry.param_measure, entry.envelope_of = pm, envelope_of
+    if nl := [r.name for r in chosen if r.not_learned(metric)]:
+        entry.notes.append(
+            f"{len(nl)} run(s) within 5% of the trivial predictor (not learned): {', '.join(nl)}"
+        )
+    if not checks:
+        return entry
     entry.loo = loo_largest(res, min(s.loo_bootstrap, s.num_bootstrap), seed)
     entry.loo_cv_rmse_log = loo_cv(res) if res.quality["dof"] > 0 else None
+    if still := entry.still_improving:
+        entry.notes.append(
+            f"{len(still)} of {len(chosen)} runs were still improving at the end of "
+            "training (their convergence verdict); the fit without them is "
+            "`converged_only` in fits.json"
+        )
+        converged = [r for r in runs if not r.still_improving]
+        try:
+            entry.converged_only = fit_entry(converged, family, metric, law_name, s, seed, False)
+        except FitError as err:
+            entry.converged_only = err.short
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as err:
+            entry.converged_only = f"the fit failed: {type(err).__name__}: {err}"
     return entry
 
 
@@ -217,6 +294,38 @@ def _run_tasks(tasks: list, workers: int) -> list[FitEntry | str]:
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
         return list(pool.map(_task, tasks))
+
+
+def field_notes(finished: list[Run], include_ladder_mains: bool) -> list[str]:
+    """What the analysis falls back on for runs written before summary.json's newer
+    fields (train_flops, convergence, baseline) and what it leaves out (ladder mains)."""
+    notes = []
+    n = len(finished)
+    if old := [r for r in finished if r.train_flops is None and r.flops]:
+        notes.append(
+            f"{len(old)} of {n} runs have no train_flops: their compute is total_flops "
+            "(FLOPs per atom x atoms seen, the same quantity)"
+        )
+    if missing := [r for r in finished if r.convergence is None]:
+        notes.append(
+            f"{len(missing)} of {n} runs carry no convergence verdict (older runs): they "
+            "count as converged, so no fit without still-improving runs covers them"
+        )
+    if not any(r.baseline for r in finished):
+        notes.append(
+            "no run records the trivial predictors' errors (summary.json `baseline`): "
+            "errors are not given as fractions of them and no run is flagged as not learned"
+        )
+    mains = [r.name for r in finished if r.ladder_main]
+    if mains and not include_ladder_mains:
+        notes.append(
+            f"{len(mains)} WSD-ladder main run(s) (constant learning rate, never cooled "
+            f"down) are no points of a law and are left out of every fit and envelope; "
+            f"their cooldown branches are the points (--include-ladder-mains keeps them): "
+            + ", ".join(mains[:6])
+            + (", ..." if len(mains) > 6 else "")
+        )
+    return notes
 
 
 def analyse(runs: list[Run], settings: Settings, metrics: list[str] | None = None) -> Analysis:
@@ -251,30 +360,56 @@ def analyse(runs: list[Run], settings: Settings, metrics: list[str] | None = Non
                 f"{', '.join(constant[:8])}{', ...' if len(constant) > 8 else ''}"
             )
     measure, note = choose_measure(finished, settings.data_measure)
-    settings = replace(settings, data_measure=measure)
-    out = Analysis(runs, metrics, settings, notes=notes + ([note] if note else []))
+    notes += [note] if note else []
+    pm, note = choose_params(finished, settings.param_measure)
+    notes += [note] if note else []
+    settings = replace(settings, data_measure=measure, param_measure=pm)
+    out = Analysis(runs, metrics, settings, notes=notes)
+    out.notes += field_notes(finished, settings.include_ladder_mains)
     if not metrics:
         out.notes.append("the finished runs record no metric that can be fitted")
-    tasks = []
+    tasks, points = [], {}
     seed = settings.seed
     for family in out.families:
         for metric in metrics:
-            usable = _usable(finished, family, metric, out)
+            usable = points[family, metric] = _points(finished, family, metric, settings, out)
             for law in settings.laws:
                 seed += 1
                 tasks.append((usable, family, metric, law, settings, seed))
             if usable and any(r.flops for r in usable):
                 out.pareto.setdefault(family, {})[metric] = pareto(
-                    usable, metric, _measure(usable, settings.data_measure)[0]
+                    usable, metric, _measure(usable, settings.data_measure)[0], pm
                 )
     for (_, family, metric, law, *_), got in zip(tasks, _run_tasks(tasks, settings.workers)):
         if isinstance(got, str):
             out.skipped.append({"family": family, "metric": metric, "law": law, "reason": got})
         else:
             out.fits.setdefault(family, {}).setdefault(metric, {})[law] = got
-    for e in out.entries():
-        if e.law_name == "ND":
-            out.frontiers.setdefault(e.family, {})[e.metric] = frontier(e, settings.ci_level)
+    for (family, metric), usable in points.items():
+        if not any(r.flops for r in usable):
+            continue
+        nd = out.fits.get(family, {}).get(metric, {}).get("ND")
+        why = "no L(N, D) fit" if "ND" in settings.laws else "L(N, D) was not asked for (--law)"
+        fr = frontier(nd, settings.ci_level) if nd else {"status": "skipped", "reason": why}
+        seed += 1
+        fr["envelope"] = envelope_allocation(
+            usable,
+            metric,
+            _measure(usable, settings.data_measure)[0],
+            pm,
+            settings.ci_level,
+            settings.num_bootstrap,
+            seed,
+        )
+        # the L(N, D) route uses every run; the envelope holds only a few of them
+        fr["headline"] = (
+            "L(N, D)"
+            if fr["status"] == "ok"
+            else "envelope"
+            if fr["envelope"]["status"] == "ok"
+            else None
+        )
+        out.frontiers.setdefault(family, {})[metric] = fr
     for metric in metrics:
         for law in settings.laws:
             have = [f for f in out.families if law in out.fits.get(f, {}).get(metric, {})]

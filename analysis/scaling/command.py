@@ -1,12 +1,14 @@
 """The scaling-analysis command: read runs, fit, write the report.
 
     python -m analysis scaling STUDY_DIR_OR_CSV... --out REPORT_DIR \\
-        [--metric NAME]... [--law N|D|ND]... [--form offset|pure] [--data atoms_seen]
+        [--metric NAME]... [--law N|D|ND|C]... [--form offset|pure] [--data atoms_seen]
+        [--params non-embedding|total] [--include-ladder-mains]
 
 (``python -m analysis.scaling`` is the same command.) Writes
 REPORT_DIR/fits.json, runs.csv, figures/*.png|pdf and report.md (see
 :mod:`analysis.scaling.report`). L(N) is fitted at fixed data (the data budget
-with the most distinct sizes), L(D) at fixed size, L(N, D) on all runs of a family.
+with the most distinct sizes), L(D) at fixed size, L(N, D) on all runs of a
+family, L(C) on the family's lower compute envelope.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import sys
 from pathlib import Path
 
 from analysis.scaling.analyse import analyse
+from analysis.scaling.laws import LAW_NAMES
 from analysis.scaling.load import LoadError, load_inputs
-from analysis.scaling.types import DATA_MEASURES, Settings
+from analysis.scaling.types import DATA_MEASURES, PARAM_MEASURES, Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--law",
         action="append",
-        help="N, D or ND (repeatable or comma-separated; "
-        "default: all three, each where the runs allow it)",
+        help="N, D, ND or C (compute, fitted to the lower envelope; repeatable or "
+        "comma-separated; default: all four, each where the runs allow it)",
     )
     p.add_argument(
         "--form",
@@ -55,6 +58,19 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="what D counts (default auto: atoms_seen, or the training-set size when only "
         "that varies, as with a fixed step budget)",
+    )
+    p.add_argument(
+        "--params",
+        choices=tuple(PARAM_MEASURES),
+        default="non-embedding",
+        help="what N counts (default non-embedding: without per-species embeddings and "
+        "per-element baselines; the total count where a run lacks it, with a note)",
+    )
+    p.add_argument(
+        "--include-ladder-mains",
+        action="store_true",
+        help="fit WSD-ladder main runs too (default: only their cooldown branches, the "
+        "main run is never cooled down)",
     )
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples (default 1000)")
     p.add_argument("--ci", type=float, default=0.95, help="interval level (default 0.95)")
@@ -90,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     laws = tuple(
         dict.fromkeys(
             part.strip().upper()
-            for item in (args.law or ["N,D,ND"])
+            for item in (args.law or [",".join(LAW_NAMES)])
             for part in item.split(",")
             if part.strip()
         )
     )
-    bad = [law for law in laws if law not in ("N", "D", "ND")]
+    bad = [law for law in laws if law not in LAW_NAMES]
     if bad or not 0 < args.ci < 1 or args.bootstrap < 0 or args.huber_delta <= 0:
         print(
             f"error: bad option: laws {bad or 'ok'}, --ci in (0, 1), --bootstrap >= 0, "
@@ -104,14 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     settings = Settings(
-        laws,
-        args.form,
-        args.data,
-        args.bootstrap,
-        args.ci,
-        args.huber_delta,
-        args.seed,
+        laws=laws,
+        form=args.form,
+        data_measure=args.data,
+        num_bootstrap=args.bootstrap,
+        ci_level=args.ci,
+        huber_delta=args.huber_delta,
+        seed=args.seed,
         workers=args.workers,
+        param_measure=args.params,
+        include_ladder_mains=args.include_ladder_mains,
     )
     from analysis.scaling import report  # matplotlib only when writing
 

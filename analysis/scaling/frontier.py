@@ -1,9 +1,14 @@
-"""Compute-optimal frontier and family comparisons, built on fitted laws.
+"""Compute envelopes, the compute-optimal frontier and family comparisons.
 
-The frontier answers "for a compute budget C, which N and D?" from an L(N, D)
-fit and the measured cost of the runs; the comparison puts two families'
-fitted curves side by side: their error ratio along N, D or compute, and where
-(if anywhere in range) one overtakes the other, with bootstrap uncertainty.
+The lower envelope L(C) of a family is the best metric any of its runs reached
+at or below each compute: the runs no cheaper run beats. The frontier answers
+"for a compute budget C, which N and D?" two ways: from an L(N, D) fit
+minimised under the measured cost of the runs (it uses every run, and trusts
+the law's form), and by regressing log N and log D of the envelope runs on
+log C (no law, but only as many points as the envelope has). The comparison
+puts two families' fitted curves side by side: their error ratio along N, D
+or compute, and where (if anywhere in range) one overtakes the other, with
+bootstrap uncertainty.
 """
 
 from __future__ import annotations
@@ -16,16 +21,93 @@ from analysis.scaling.laws import num_distinct
 from analysis.scaling.types import FitEntry, Run
 
 
-def pareto(runs: list[Run], metric: str, measure: str) -> list[dict]:
-    """Runs no cheaper run beats: the empirical compute frontier."""
-    pts = sorted((r for r in runs if r.flops), key=lambda r: r.flops)
+def envelope(runs: list[Run], metric: str) -> list[Run]:
+    """Runs on the lower envelope L(C): no run of at most their compute does better.
+
+    Sorted by compute; runs without measured compute are not on it.
+    """
+    pts = sorted((r for r in runs if r.flops), key=lambda r: (r.flops, r.metrics[metric]))
     best, out = math.inf, []
     for r in pts:
         if r.metrics[metric] < best:
             best = r.metrics[metric]
-            out.append(
-                {"run": r.name, "C": r.flops, "L": best, "N": r.num_params, "D": r.data(measure)}
-            )
+            out.append(r)
+    return out
+
+
+def pareto(runs: list[Run], metric: str, measure: str, param_measure: str = "total") -> list[dict]:
+    """The envelope runs as rows: compute, metric, N, D, still improving."""
+    return [
+        {
+            "run": r.name,
+            "C": r.flops,
+            "L": r.metrics[metric],
+            "N": r.params(param_measure),
+            "D": r.data(measure),
+            "still_improving": r.still_improving,
+        }
+        for r in envelope(runs, metric)
+    ]
+
+
+def envelope_allocation(
+    runs: list[Run],
+    metric: str,
+    measure: str,
+    param_measure: str,
+    level: float,
+    num_bootstrap: int,
+    seed: int = 0,
+) -> dict:
+    """N_opt ~ C^a and D_opt ~ C^b by least squares on the envelope runs.
+
+    Model-free but coarse: the envelope of a grid holds a few runs at a few
+    sizes. Intervals resample all the family's runs and recompute the envelope,
+    so they include the chance of a different run being best at some compute.
+    """
+    runs = [r for r in runs if r.flops and r.params(param_measure) and r.data(measure)]
+
+    def slopes(rs: list[Run]) -> tuple[float, float] | None:
+        env = envelope(rs, metric)
+        n = [r.params(param_measure) for r in env]
+        if len(env) < 3 or num_distinct(n) < 2 or num_distinct([r.data(measure) for r in env]) < 2:
+            return None
+        logc = np.log([r.flops for r in env])
+        a = np.polyfit(logc, np.log(n), 1)[0]
+        b = np.polyfit(logc, np.log([r.data(measure) for r in env]), 1)[0]
+        return float(a), float(b)
+
+    point = slopes(runs)
+    env = envelope(runs, metric)
+    if point is None:
+        return {
+            "status": "skipped",
+            "reason": f"the envelope has {len(env)} run(s); at least 3, at two or more "
+            "sizes and data budgets, are needed",
+        }
+    rng = np.random.default_rng(seed)
+    draws = [
+        d
+        for _ in range(num_bootstrap)
+        if (d := slopes([runs[i] for i in rng.integers(0, len(runs), len(runs))])) is not None
+    ]
+    out = {
+        "status": "ok",
+        "method": "least squares of log N and log D on log C over the envelope runs",
+        "num_points": len(env),
+        "runs": [r.name for r in env],
+        "N_opt_exponent": {"value": point[0], "ci": None},
+        "D_opt_exponent": {"value": point[1], "ci": None},
+        "num_draws": len(draws),
+    }
+    if len(draws) >= 20:
+        q = 50 * (1 - level)
+        arr = np.asarray(draws)
+        for k, key in enumerate(("N_opt_exponent", "D_opt_exponent")):
+            out[key]["ci"] = [
+                float(np.percentile(arr[:, k], q)),
+                float(np.percentile(arr[:, k], 100 - q)),
+            ]
     return out
 
 
@@ -33,7 +115,8 @@ def frontier(entry: FitEntry, level: float, num_points: int = 40) -> dict:
     """Compute-optimal N and D from an L(N, D) fit and a fitted cost model.
 
     Cost is linear in data seen and a power of size, C = c N^gamma D (6ND does
-    not hold for graph models, so c and gamma are fitted to measured FLOPs).
+    not hold for graph models, so c and gamma are fitted to measured FLOPs;
+    gamma = 1 is C = k N D with k the FLOPs per parameter and atom).
     Minimising E + A N^-alpha + B D^-beta on that constraint gives
     N_opt ~ C^(beta / (alpha + gamma beta)) and D_opt ~ C^(alpha / (alpha + gamma beta)).
     """
@@ -46,11 +129,11 @@ def frontier(entry: FitEntry, level: float, num_points: int = 40) -> dict:
             "compute is not proportional to it",
         }
     runs = [r for r in entry.runs if r.flops]
-    if len(runs) < 2 or num_distinct([r.num_params for r in runs]) < 2:
+    n = np.array([r.params(entry.param_measure) for r in runs], dtype=float)
+    if len(runs) < 2 or num_distinct(n) < 2:
         return {"status": "skipped", "reason": "measured FLOPs for at least two sizes needed"}
-    n = np.array([r.num_params for r in runs])
-    d = np.array([r.data(entry.data_measure) for r in runs])
-    c = np.array([r.flops for r in runs])
+    d = np.array([r.data(entry.data_measure) for r in runs], dtype=float)
+    c = np.array([r.flops for r in runs], dtype=float)
     gamma, kappa = np.polyfit(np.log(n), np.log(c / d), 1)
     if gamma <= 0:
         return {"status": "skipped", "reason": f"cost does not grow with size (gamma={gamma:.2g})"}
@@ -80,12 +163,16 @@ def frontier(entry: FitEntry, level: float, num_points: int = 40) -> dict:
             "reason": "alpha or beta is 0: the optimum puts all compute on one axis",
         }
     a_exp, b_exp, log_n, log_d, loss = solve(point)
+    k = c / (n * d)
     out = {
         "status": "ok",
+        "method": "the L(N, D) fit minimised at fixed compute under the fitted cost model",
         "cost_model": {
             "c": float(math.exp(kappa)),
             "gamma": float(gamma),
             "formula": f"C = c N^gamma {entry.data_measure}",
+            # the measured FLOPs per parameter and atom: constant when gamma = 1
+            "k_per_param_atom": {"median": float(np.median(k)), "range": [k.min(), k.max()]},
         },
         "N_opt_exponent": {"value": float(a_exp), "ci": None},
         "D_opt_exponent": {"value": float(b_exp), "ci": None},
@@ -213,7 +300,7 @@ def compare_pair(ea: FitEntry, eb: FitEntry, law: str, level: float, fr: dict) -
     poor = [e.family for e in (ea, eb) if e.result.quality["verdict"] == "poor"]
     if poor:
         return {"status": "skipped", "reason": f"the fit of {' and '.join(poor)} is poor"}
-    if law in ("N", "D"):
+    if law in ("N", "D", "C"):
         xa, xb = ea.result.x[law], eb.result.x[law]
         lo, hi = max(xa.min(), xb.min()), min(xa.max(), xb.max())
         if lo >= hi:
@@ -242,4 +329,10 @@ def compare_pair(ea: FitEntry, eb: FitEntry, law: str, level: float, fr: dict) -
         axis = "C"
     out = compare_curves(ea.family, eb.family, axis, x, la, lb, ba, bb, level)
     out.update(status="ok", metric=ea.metric, law=law)
+    if law == "C":  # the fitted envelopes against the runs themselves, at the top compute
+        best = {
+            e.family: min(r.metrics[e.metric] for r in e.runs if r.flops <= x[-1] * (1 + 1e-9))
+            for e in (ea, eb)
+        }
+        out["best_run_at_top"] = {"C": float(x[-1]), **best}
     return out

@@ -11,46 +11,21 @@ directory, a `.csv` file, or `wandb:ENTITY/PROJECT[/GROUP]`.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from analysis.scaling.types import Run
+# the tables and the error are read through this module as well
+from analysis.scaling.table import RUN_NUMBERS, load_csv, to_rows, write_csv  # noqa: F401
+from analysis.scaling.types import LoadError, Run
 
 RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl", "error.txt")
 STANDARD_METRICS = ("val/energy_per_atom_mae", "val/forces_mae", "val/stress_mae")
-_NUMERIC_FIELDS = (
-    "num_params",
-    "flops_per_atom",
-    "flops_per_atom_forward",
-    "total_flops",
-    "structures_seen",
-    "atoms_seen",
-    "wall_time_s",
-    "steps",
-)
-_CSV_FIELDS = _NUMERIC_FIELDS + ("num_train_structures", "num_train_atoms", "data_fraction")
-_CSV_TEXT = (
-    "name",
-    "run_name",
-    "family",
-    "model",
-    "forces",
-    "size",
-    "seed",
-    "status",
-    "reason",
-    "source",
-)
-
-
-class LoadError(ValueError):
-    """An input that cannot be read, naming the file, the record and the field."""
+# summary.json dicts copied onto the Run as they are (see Run for their keys)
+_SUMMARY_DICTS = ("convergence", "tune", "ladder")
 
 
 def _num(value: Any) -> float | None:
@@ -119,8 +94,13 @@ def run_from_summary(
         config=cfg,
         seed=int(seed) if _num(seed) is not None else None,
     )
-    for key in _NUMERIC_FIELDS:
+    for key in RUN_NUMBERS:
         setattr(run, key, _num(summary.get(key)))
+    for key in _SUMMARY_DICTS:
+        if isinstance(value := summary.get(key), dict):
+            setattr(run, key, dict(value))
+    if isinstance(base := summary.get("baseline"), dict):
+        run.baseline = {k: x for k, v in base.items() if (x := _num(v)) is not None and x > 0}
     run.num_train_structures = _num(data.get("num_train_structures"))
     run.num_train_atoms = _num(data.get("num_train_atoms"))
     run.data_fraction = _num(data.get("data_fraction", axes.get("data_fraction")))
@@ -255,74 +235,6 @@ def _planned_axes(study: Path) -> dict[str, dict]:
         return {}
 
 
-def load_csv(path: Path) -> list[Run]:
-    """A table, one row per run: `family`, `num_params`, `structures_seen` or
-    `atoms_seen`, optionally `flops` (total training FLOPs), and one column per
-    metric. Columns `axes.X` become axis values; other non-numeric columns too.
-    """
-    path = Path(path)
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        missing = [c for c in ("family", "num_params") if c not in cols]
-        if not ({"structures_seen", "atoms_seen"} & set(cols)):
-            missing.append("structures_seen or atoms_seen")
-        if missing:
-            raise LoadError(f"{path}: missing column(s) {', '.join(missing)}; found {cols}")
-        runs = [_csv_row(path, reader.line_num, row, i) for i, row in enumerate(reader)]
-    return runs
-
-
-def _csv_row(path: Path, line: int, row: dict[str, str], index: int) -> Run:
-    def number(col: str, text: str) -> float:
-        try:
-            return float(text)
-        except ValueError:
-            raise LoadError(
-                f"{path}:{line}: column {col!r}: expected a number, got {text!r}"
-            ) from None
-
-    name = row.get("name") or row.get("run_name") or f"{path.stem}#{index + 1}"
-    run = Run(name=name, source=row.get("source") or f"{path}:{line}", finished=True)
-    for col, text in row.items():
-        text = (text or "").strip()
-        if col is None or not text:
-            continue
-        if col in ("name", "run_name", "source"):
-            continue
-        if col == "flops":
-            run.total_flops = number(col, text)
-        elif col in _CSV_FIELDS:
-            setattr(run, col, number(col, text))
-        elif col.startswith("axes."):
-            run.axes[col[5:]] = _parse_scalar(text)
-        elif col == "seed":
-            run.seed = int(number(col, text))
-        elif col == "status":
-            run.finished = text == "finished"
-        elif col in _CSV_TEXT:
-            setattr(run, col, text)
-        else:
-            try:
-                run.metrics[col] = float(text)
-            except ValueError:
-                run.axes[col] = text
-    if not run.finished and not run.reason:
-        run.reason = f"status is {row.get('status')!r}"
-    if run.family == "unknown" and not row.get("family"):
-        raise LoadError(f"{path}:{line}: column 'family' is empty")
-    if run.num_params is None and run.finished:
-        raise LoadError(f"{path}:{line}: column 'num_params' is empty")
-    return run
-
-
-def _parse_scalar(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def load_wandb(spec: str) -> list[Run]:
     """Runs of a W&B project (online only): `wandb:ENTITY/PROJECT[/GROUP]`."""
     mode = os.environ.get("WANDB_MODE", "").lower()
@@ -406,42 +318,3 @@ def resolve_metric(name: str, runs: list[Run]) -> str:
     if hits:
         raise LoadError(f"metric {name!r} is ambiguous: {', '.join(hits)}")
     raise LoadError(f"metric {name!r} not found in any run; available: {', '.join(names)}")
-
-
-def to_rows(runs: list[Run]) -> list[dict[str, Any]]:
-    """Flat rows (CSV-ready, readable back by `load_csv`)."""
-    metric_keys = sorted({k for r in runs for k in r.metrics})
-    axis_keys = sorted({k for r in runs for k in r.axes})
-    rows = []
-    for r in runs:
-        row: dict[str, Any] = {
-            "name": r.name,
-            "family": r.family,
-            "status": "finished" if r.finished else "unfinished",
-            "reason": r.reason or "",
-            "source": r.source,
-        }
-        for key in ("model", "forces", "size", "seed", *_CSV_FIELDS):
-            row[key] = getattr(r, key)
-        row["flops"] = r.flops
-        row.update({f"axes.{k}": r.axes.get(k) for k in axis_keys})
-        row.update({k: r.metrics.get(k) for k in metric_keys})
-        rows.append(row)
-    return rows
-
-
-def write_csv(runs: list[Run], path: Path) -> None:
-    """The table as CSV; empty cells for missing values (non-finite written as-is)."""
-    rows = to_rows(runs)
-    if not rows:
-        return
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                {
-                    k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
-                    for k, v in row.items()
-                }
-            )

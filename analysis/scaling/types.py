@@ -19,6 +19,24 @@ DATA_MEASURES = {
     "train_atoms": "num_train_atoms",
     "train_structures": "num_train_structures",
 }
+# Parameter counts the fits can use as N, by CLI name -> Run attribute. The field
+# counts non-embedding parameters (Kaplan et al. 2020): per-species tables and
+# per-element baselines grow with the number of elements, not with capacity.
+PARAM_MEASURES = {
+    "non-embedding": "num_params_non_embedding",
+    "total": "num_params",
+}
+# What a trivial predictor scores on the validation set (summary.json `baseline`),
+# by the metric it is the floor of.
+BASELINE_METRICS = {
+    "val/energy_per_atom_mae": "energy_per_atom_mae",
+    "val/forces_mae": "forces_mae",
+}
+NOT_LEARNED_FRACTION = 0.95  # a run within 5% of the trivial predictor learned nothing
+
+
+class LoadError(ValueError):
+    """An input that cannot be read, naming the file, the record and the field."""
 
 
 @dataclass
@@ -35,7 +53,18 @@ class Run:
         axes: The sweep's axis values.
         metrics: Final metrics (summary `val/...` keys and `eval/*.json` files).
         history: Validation rows of metrics.jsonl (dicts with `step` and `val/...`).
-        flops: Total training FLOPs (`total_flops`, else flops/atom x atoms seen).
+        num_params_non_embedding: Parameters without per-species embeddings and
+            per-element baselines (None for runs written before the field).
+        train_flops: Training FLOPs of the whole run (None before the field; the
+            same quantity as `total_flops`).
+        convergence: summary.json `convergence` ({"metric", "rel_slope",
+            "verdict": "converged" | "still-improving", "window"}), or None.
+        tune: The tuned override of a tuned study's run ({"optim.lr": 0.003}),
+            empty otherwise; `axes` is then the grid point without it.
+        ladder: WSD-ladder role ({"role": "main"} or {"role": "cooldown", "main",
+            "decay_at", "branch_step", "cooldown_steps"}), or None.
+        baseline: Trivial predictors' validation errors ({"energy_per_atom_mae":
+            composition baseline, "forces_mae": zero forces}), empty if unknown.
     """
 
     name: str
@@ -48,6 +77,8 @@ class Run:
     size: str | None = None
     seed: int | None = None
     num_params: float | None = None
+    num_params_non_embedding: float | None = None
+    train_flops: float | None = None
     flops_per_atom: float | None = None
     flops_per_atom_forward: float | None = None
     total_flops: float | None = None
@@ -64,9 +95,16 @@ class Run:
     config: dict[str, Any] = field(default_factory=dict)
     last_step: int | None = None
     warnings: list[str] = field(default_factory=list)
+    convergence: dict[str, Any] | None = None
+    tune: dict[str, Any] = field(default_factory=dict)
+    ladder: dict[str, Any] | None = None
+    baseline: dict[str, float] = field(default_factory=dict)
 
     @property
     def flops(self) -> float | None:
+        """Training FLOPs: `train_flops`, else `total_flops`, else flops/atom x atoms."""
+        if self.train_flops:
+            return self.train_flops
         if self.total_flops:
             return self.total_flops
         if self.flops_per_atom and self.atoms_seen:
@@ -77,15 +115,42 @@ class Run:
         """Data seen or trained on, by a `DATA_MEASURES` name."""
         return getattr(self, DATA_MEASURES[measure])
 
+    def params(self, measure: str) -> float | None:
+        """The parameter count, by a `PARAM_MEASURES` name."""
+        return getattr(self, PARAM_MEASURES[measure])
+
+    @property
+    def still_improving(self) -> bool:
+        return (self.convergence or {}).get("verdict") == "still-improving"
+
+    @property
+    def ladder_main(self) -> bool:
+        """A WSD ladder's constant-LR main run: never cooled down, so no point of a law."""
+        return (self.ladder or {}).get("role") == "main"
+
+    def baseline_of(self, metric: str) -> float | None:
+        """The trivial predictor's value of a metric, if the run records it."""
+        v = self.baseline.get(BASELINE_METRICS.get(metric, ""))
+        return float(v) if v else None
+
+    def not_learned(self, metric: str) -> bool:
+        """The metric is within 5% of the trivial predictor's (or worse)."""
+        b, v = self.baseline_of(metric), self.metrics.get(metric)
+        return b is not None and v is not None and v >= NOT_LEARNED_FRACTION * b
+
 
 @dataclass
 class Settings:
     """How to fit. Attributes mirror the CLI flags."""
 
-    laws: tuple[str, ...] = ("N", "D", "ND")
+    laws: tuple[str, ...] = ("N", "D", "ND", "C")
     form: str = "offset"
     # auto: atoms_seen, or the training-set size if that is all that varies
     data_measure: str = "auto"
+    # non-embedding, falling back to total when a run lacks the count
+    param_measure: str = "non-embedding"
+    # WSD-ladder main runs (constant LR, not cooled down) are no points of a law
+    include_ladder_mains: bool = False
     num_bootstrap: int = 1000
     ci_level: float = 0.95
     huber_delta: float = 1e-3
@@ -108,6 +173,15 @@ class FitEntry:
     notes: list[str] = field(default_factory=list)
     loo: dict = field(default_factory=dict)
     loo_cv_rmse_log: float | None = None
+    param_measure: str = "total"
+    # The same law refitted without the still-improving runs: an entry, the reason
+    # it could not be fitted, or None when no run of the fit is still improving.
+    converged_only: FitEntry | str | None = None
+    envelope_of: int | None = None  # L(C): how many runs the envelope was taken over
+
+    @property
+    def still_improving(self) -> list[str]:
+        return [r.name for r in self.runs if r.still_improving]
 
 
 @dataclass
@@ -124,6 +198,8 @@ class Analysis:
     pareto: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
     comparisons: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # tuned studies: family -> metric -> one selection per grid point
+    tuned: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
 
     @property
     def families(self) -> list[str]:

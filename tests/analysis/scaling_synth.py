@@ -1,4 +1,9 @@
-"""Synthetic run directories and tables generated from known scaling laws."""
+"""Synthetic run directories and tables generated from known scaling laws.
+
+By default runs look like those written before summary.json gained
+`num_params_non_embedding`, `train_flops`, `convergence`, `tune`, `ladder` and
+`baseline`; `extra` (and make_study's `embedding` and `extra_for`) add them.
+"""
 
 from __future__ import annotations
 
@@ -35,8 +40,17 @@ def write_run(
     error: str | None = None,
     eval_metrics: dict[str, dict] | None = None,
     steps: int = 100,
+    embedding: float | None = None,
+    extra: dict | None = None,
 ) -> Path:
-    """One run directory following the training loop's contract."""
+    """One run directory following the training loop's contract.
+
+    Args:
+        embedding: Embedding parameters on top of n: the run then records
+            num_params = n + embedding, num_params_non_embedding = n and
+            train_flops (the newer summary fields).
+        extra: Further summary.json keys (convergence, tune, ladder, baseline, ...).
+    """
     run = Path(root) / name
     run.mkdir(parents=True, exist_ok=True)
     model, _, forces = family.partition("-")
@@ -65,7 +79,7 @@ def write_run(
         "model": model,
         "forces": forces,
         "size": size,
-        "num_params": int(n),
+        "num_params": int(n + (embedding or 0)),
         "flops_per_atom": fpa,
         "flops_per_atom_forward": fpa / 3,
         "total_flops": fpa * d,
@@ -81,6 +95,9 @@ def write_run(
         },
         **metrics,
     }
+    if embedding is not None:
+        summary.update(num_params_non_embedding=int(n), train_flops=fpa * d)
+    summary.update(extra or {})
     (run / "summary.json").write_text(json.dumps(summary))
     for stem, values in (eval_metrics or {}).items():
         (run / "eval").mkdir(exist_ok=True)
@@ -99,8 +116,16 @@ def make_study(
     rng_seed=0,
     metric="val/forces_mae",
     nested=True,
+    embedding: float | None = None,
+    extra_for=None,
 ) -> Path:
-    """A grid of runs per family with metric = law * lognormal noise."""
+    """A grid of runs per family with metric = law * lognormal noise.
+
+    Args:
+        embedding: Passed to every run (see `write_run`).
+        extra_for: `(family, i, j, value) -> dict` of extra summary keys per run
+            (size index i, data index j, the metric's value).
+    """
     rng = np.random.default_rng(rng_seed)
     base = Path(root) / "runs" if nested else Path(root)
     for family, params in laws.items():
@@ -108,6 +133,7 @@ def make_study(
             for j, d in enumerate(data):
                 for seed in seeds:
                     value = float(law(n, d, **params) * np.exp(rng.normal(0, noise)))
+                    extra = extra_for(family, i, j, value) if extra_for else None
                     write_run(
                         base,
                         f"{family}_n{i}_d{j}_s{seed}",
@@ -118,5 +144,51 @@ def make_study(
                         size=f"n{i}",
                         data_fraction=round(d / max(data), 4),
                         seed=seed,
+                        embedding=embedding,
+                        extra=extra,
                     )
+    return Path(root)
+
+
+def make_tuned_study(
+    root: Path,
+    params: dict,
+    sizes,
+    data,
+    values,
+    best,
+    *,
+    family: str = "pet-direct",
+    key: str = "optim.lr",
+    width: float = 0.3,
+    noise: float = 0.003,
+    diverged=(),
+    rng_seed: int = 0,
+) -> Path:
+    """A tuned study: every value of `key` at each grid point, as `study.tune` runs it.
+
+    The metric is law(n, d) * (1 + width * ln(value / best(i, j))^2) * noise, so
+    the best value at size i and data j is `best(i, j)` (or the nearest one
+    tried). Runs named in `diverged` as (i, j, value) end with a NaN metric.
+    """
+    rng = np.random.default_rng(rng_seed)
+    for i, n in enumerate(sizes):
+        for j, d in enumerate(data):
+            for v in values:
+                penalty = 1 + width * np.log(v / best(i, j)) ** 2
+                value = float(law(n, d, **params) * penalty * np.exp(rng.normal(0, noise)))
+                if (i, j, v) in diverged:
+                    value = float("nan")
+                write_run(
+                    Path(root) / "runs",
+                    f"{family}_n{i}_d{j}_lr{v:g}",
+                    family=family,
+                    n=n,
+                    d=d,
+                    metrics={"val/forces_mae": value},
+                    size=f"n{i}",
+                    data_fraction=round(d / max(data), 4),
+                    embedding=1e3,
+                    extra={"tune": {key: v}},
+                )
     return Path(root)

@@ -146,6 +146,7 @@ def test_analysis_recovers_the_laws_of_each_family(study):
         ("N", "ok"),
         ("D", "ok"),
         ("ND", "ok"),
+        ("C", "ok"),
     }
 
 
@@ -186,7 +187,7 @@ def test_cli_writes_fits_json_figures_and_report(study, tmp_path, capsys):
     )
     assert code == 0
     fits = json.loads((out / "fits.json").read_text())
-    assert fits["schema_version"] == 1
+    assert fits["schema_version"] == 2
     assert fits["runs"]["total"] == 32 and fits["runs"]["finished"] == 30
     reasons = {u["name"]: u["reason"] for u in fits["runs"]["unfinished"]}
     assert reasons["runs/killed"].startswith("RuntimeError")
