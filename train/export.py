@@ -159,13 +159,17 @@ def _export(args: argparse.Namespace) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         model_file = export_run(source, Path(tmp) / "model.pt") if source.is_dir() else source
         if args.format == "mace":
-            from train.mace_torch import export_mace_torch
+            from train.mace_torch import save_mace_torch
 
-            return export_mace_torch(model_file, out)
-        from train.metatomic import export_metatomic
+            return save_mace_torch(*load_model(model_file), out)
+        from train.metatomic import save_metatomic
 
+        # direct outputs of a pet trained `both` need its heads: build it `both`
+        model, payload = load_model(
+            model_file, forces="both" if args.forces in ("direct", "both") else None
+        )
         dtype = getattr(torch, args.dtype) if args.dtype else None
-        return export_metatomic(model_file, out, forces=args.forces, dtype=dtype)
+        return save_metatomic(model, payload, out, forces=args.forces, dtype=dtype)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,15 @@
 """make bench: every benchmark, each against a baseline measured in the same run.
 
-    python -m analysis.bench --out runs/bench [--only data,plan,models,train,corrections,mup]
+    python -m analysis.bench --out runs/bench
+        [--only data,plan,models,train,corrections,mup,scripted]
 
 Writes OUT/<name>.json per benchmark and OUT/results.json with all of them;
 BENCHMARKS.md summarises the figures. Each runs alone too:
 ``python -m analysis.bench.data`` (the data pipeline), ``.plan`` (one epoch's
 plan at 100M structures on 512 ranks), ``.models`` (model
 inference), ``.training`` (the training loop), ``.corrections`` (inference-time
-corrections), ``.mup`` (learning-rate transfer across width, standard vs muP).
+corrections), ``.mup`` (learning-rate transfer across width, standard vs muP),
+``.scripted`` (TorchScript and metatomic models against eager, same weights).
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ def _mup(argv: list[str]) -> object:
     return mup.main(argv)
 
 
+def _scripted(argv: list[str]) -> object:
+    from analysis.bench import scripted
+
+    return scripted.main(argv)
+
+
 BENCHMARKS: dict[str, Callable[[list[str]], object]] = {
     "data": _data,
     "plan": _plan,
@@ -65,6 +73,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], object]] = {
     "train": _training,
     "corrections": _corrections,
     "mup": _mup,
+    "scripted": _scripted,
 }
 
 
