@@ -1,24 +1,28 @@
 """The model a workflow evaluates: a spec plus inference-time corrections.
 
-A *model spec* is ``"emt"`` (ASE's EMT, the reference used in tests and demos)
-or a path to an exported model file, which goes to
+A *model spec* is ``"emt"`` (ASE's EMT, the reference used in tests and demos),
+a path to one of our exported model files, which goes to
 ``train.calculator.load_calculator`` (imported lazily so the workflows run
-without torch models). Inference-time corrections (``train.corrections``) are
-options of the model, so every workflow that takes them has the same flags,
-made from :class:`ModelOptions`: ``--model``, ``--forces direct|conservative``,
-``--rotational-average L``, ``--inversion``, ``--space-group``.
+without torch models), or a foreign model (:mod:`analysis.workflows.foreign`):
+a metatomic model file, a mace-torch model file, or ``module:factory`` naming
+any ASE calculator. Inference-time corrections (``train.corrections``) are
+options of the model and work on every kind (batched for our files and
+metatomic, one structure at a time otherwise), so every workflow that takes
+them has the same flags, made from :class:`ModelOptions`: ``--model``,
+``--forces direct|conservative``, ``--rotational-average L``, ``--inversion``,
+``--space-group``.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
+from analysis.workflows.foreign import foreign_calculator, model_kind
 from analysis.workflows.settings import setting
 from train.corrections import RotationalAverage, SpaceGroupProjection
 
@@ -32,7 +36,8 @@ class ModelOptions:
     """A model spec plus the inference-time corrections to apply.
 
     Attributes:
-        spec: ``"emt"`` or a model file path (flag ``--model``).
+        spec: ``"emt"``, a model file path (ours, metatomic, mace-torch) or
+            ``module:factory`` (flag ``--model``).
         forces: force mode for models with both heads; None keeps the model's
             default. EMT forces are always the energy gradient.
         rotational_average: l_max of the averaging grid, None for no averaging.
@@ -41,7 +46,13 @@ class ModelOptions:
         symprec: spglib tolerance (A) for the space-group projection (no flag).
     """
 
-    spec: str = setting("emt", "'emt' or an exported model file", flag="--model", metavar="MODEL")
+    spec: str = setting(
+        "emt",
+        "'emt', a model file (ours, metatomic or mace-torch) or an ASE calculator "
+        "factory as module:function",
+        flag="--model",
+        metavar="MODEL",
+    )
     forces: ForceMode | None = setting(
         None, "force mode of a model with both heads (default: the model's own)"
     )
@@ -95,28 +106,44 @@ def get_calculator(
     """Build an ASE calculator from a model spec and correction options.
 
     Args:
-        spec: ``"emt"`` or a path to an exported model file.
+        spec: ``"emt"``, a model file (ours, metatomic, mace-torch) or
+            ``module:factory`` (see :mod:`analysis.workflows.foreign`).
         forces: ``"direct"`` or ``"conservative"``; None keeps the default.
         rotational_average: l_max of the rotational-averaging grid, or None.
         inversion: pair each grid rotation with its inversion.
         space_group: project forces and stress onto the space group.
         symprec: spglib tolerance for ``space_group``.
-        **kwargs: passed to ``load_calculator`` for model files (device, dtype).
+        **kwargs: passed to ``load_calculator`` for our model files (device,
+            dtype); device (and dtype for mace-torch) for foreign models.
 
     Returns:
         The calculator.
-    """
-    if spec.lower() == "emt":
-        from ase.calculators.emt import EMT
 
-        calc: Calculator = EMT()
+    Raises:
+        FileNotFoundError: no such model file (or factory spec).
+        ValueError: direct forces asked of a model that has none.
+    """
+    kind = model_kind(spec)
+    if kind != "ours":
+        if kind == "emt":
+            from ase.calculators.emt import EMT
+
+            calc: Calculator = EMT()
+        else:
+            calc = foreign_calculator(spec, kind, forces, kwargs.get("device"), kwargs.get("dtype"))
+        species = getattr(calc, "supported_species", None)
         if rotational_average is not None:
-            calc = RotationalAverage(calc, l_max=rotational_average, inversion=inversion)
+            calc = RotationalAverage(
+                calc,
+                l_max=rotational_average,
+                inversion=inversion,
+                batch_fn=getattr(calc, "batch_fn", None),
+            )
         if space_group:
             calc = SpaceGroupProjection(calc, symprec=symprec)
+        if species is not None:
+            calc.supported_species = species
         return calc
-    if not Path(spec).exists():
-        raise FileNotFoundError(f"model file {spec!r} not found (use 'emt' or a model file)")
     from train.calculator import load_calculator  # lazy: pulls in torch and the models
 
     options: dict[str, Any] = {"inversion": inversion, "space_group": space_group, **kwargs}
@@ -160,7 +187,7 @@ def check_species(calc: Calculator, atoms: Atoms, name: str, model: str) -> None
 
 
 REFERENCE_HELP = (
-    "reference: 'emt', a model file, or 'none' "
+    "reference: 'emt', a model file, module:factory, or 'none' "
     "(default: the same model, conservative forces, no corrections)"
 )
 

@@ -28,6 +28,8 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.calculator import Calculator
 
+from analysis.workflows import foreign
+from analysis.workflows.foreign import force_modes, model_kind
 from analysis.workflows.memory import peak_memory
 from analysis.workflows.model import ModelOptions, check_species
 from analysis.workflows.results import write_results
@@ -120,7 +122,7 @@ def speed_configs(model: ModelOptions, rot_l_max: list[int]) -> dict[str, ModelO
     """Named configurations to time: plain (per force mode), averaged, projected."""
     plain = model.plain()
     configs = {}
-    modes = [None] if plain.spec == "emt" else ["direct", "conservative"]
+    modes = force_modes(plain.spec)
     for mode in modes:
         configs["plain" if mode is None else mode] = ModelOptions(spec=plain.spec, forces=mode)
     base = configs[next(iter(configs))]
@@ -133,9 +135,12 @@ def speed_configs(model: ModelOptions, rot_l_max: list[int]) -> dict[str, ModelO
 
 
 def model_label(spec: str) -> str:
-    """``<family>-<size>`` of an exported model file (``emt`` for EMT)."""
+    """``<family>-<size>`` of an exported model file (``emt`` for EMT, see
+    :func:`analysis.workflows.foreign.label` for foreign models)."""
     if spec == "emt":
         return "emt"
+    if model_kind(spec) != "ours":
+        return foreign.label(spec)
     from train.serialization import safe_load
 
     payload = safe_load(spec, "model file")
@@ -148,9 +153,15 @@ def _num_params(configs: dict[str, ModelOptions]) -> dict[str, int]:
 
     counts: dict[str, int] = {}
     for options in configs.values():
-        if options.spec != "emt" and options.spec not in counts:
-            model, _ = load_model(options.spec, forces=options.forces)
-            counts[options.spec] = model.num_parameters()
+        if options.spec == "emt" or options.spec in counts:
+            continue
+        if model_kind(options.spec) != "ours":
+            found = foreign.num_parameters(options.spec)
+            if found is not None:
+                counts[options.spec] = found
+            continue
+        model, _ = load_model(options.spec, forces=options.forces)
+        counts[options.spec] = model.num_parameters()
     return {name: counts[o.spec] for name, o in configs.items() if o.spec in counts}
 
 
