@@ -306,9 +306,14 @@ def field_notes(finished: list[Run], include_ladder_mains: bool) -> list[str]:
             f"{len(old)} of {n} runs have no train_flops: their compute is total_flops "
             "(FLOPs per atom x atoms seen, the same quantity)"
         )
-    if missing := [r for r in finished if r.convergence is None]:
+    verdicts = ("converged", "still-improving")
+    if missing := [r for r in finished if (r.convergence or {}).get("verdict") not in verdicts]:
+        old = sum(r.convergence is None for r in missing)
+        why = f"{old} older run(s) without the field" if old else ""
+        if len(missing) > old:
+            why += ("; " if why else "") + f"{len(missing) - old} too short to judge"
         notes.append(
-            f"{len(missing)} of {n} runs carry no convergence verdict (older runs): they "
+            f"{len(missing)} of {n} runs carry no convergence verdict ({why}): they "
             "count as converged, so no fit without still-improving runs covers them"
         )
     if not any(r.baseline for r in finished):

@@ -92,6 +92,7 @@ def _trivial(an: Analysis) -> list[str]:
     what = {
         "energy_per_atom_mae": ("composition-baseline energy MAE", "eV/atom"),
         "forces_mae": ("zero-force MAE", "eV/Å"),
+        "stress_mae": ("zero-stress MAE", "eV/Å³"),
     }
     parts = []
     for key, (name, unit) in what.items():

@@ -31,6 +31,7 @@ PARAM_MEASURES = {
 BASELINE_METRICS = {
     "val/energy_per_atom_mae": "energy_per_atom_mae",
     "val/forces_mae": "forces_mae",
+    "val/stress_mae": "stress_mae",
 }
 NOT_LEARNED_FRACTION = 0.95  # a run within 5% of the trivial predictor learned nothing
 
