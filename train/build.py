@@ -65,6 +65,20 @@ def loader_config(cfg: TrainConfig, data: Dataset, split: str, cutoff: float, **
     )
 
 
+def train_config(cfg: TrainConfig, data: Dataset, cutoff: float, **kw) -> LoaderConfig:
+    """The shuffled training stream's settings over one dataset."""
+    return loader_config(
+        cfg,
+        data,
+        cfg.data.train_split,
+        cutoff,
+        seed=cfg.seed,
+        buffer_size=cfg.data.buffer_size,
+        num_workers=cfg.data.num_workers,
+        **kw,
+    )
+
+
 def build_loaders(
     cfg: TrainConfig,
     data: Dataset,
@@ -82,16 +96,7 @@ def build_loaders(
         subset: the training subset (``subset_threshold``'s result) or None.
     """
     train = StreamingLoader(
-        loader_config(
-            cfg,
-            data,
-            cfg.data.train_split,
-            cutoff,
-            seed=cfg.seed,
-            buffer_size=cfg.data.buffer_size,
-            num_workers=cfg.data.num_workers,
-            subset_threshold=subset["threshold"] if subset else None,
-        ),
+        train_config(cfg, data, cutoff, subset_threshold=subset["threshold"] if subset else None),
         rank=info.rank,
         world_size=info.world_size,
     )
@@ -212,15 +217,7 @@ def build_mixture(
     train = MixtureLoader(
         [
             MixtureSource(
-                loader_config(
-                    cfg,
-                    data,
-                    cfg.data.train_split,
-                    cutoff,
-                    seed=cfg.seed,
-                    buffer_size=cfg.data.buffer_size,
-                    num_workers=cfg.data.num_workers,
-                ),
+                train_config(cfg, data, cutoff),
                 weight,
                 name=name,
             )
@@ -289,9 +286,13 @@ def open_data(cfg: TrainConfig) -> DataSetup:
             sources=sources,
             block={
                 "sources": [
-                    {"name": n, "root": d.root, "weight": w / total,
-                     "level_of_theory": d.manifest.get("level_of_theory"),
-                     "num_train_structures": s["num_structures"]}
+                    {
+                        "name": n,
+                        "root": d.root,
+                        "weight": w / total,
+                        "level_of_theory": d.manifest.get("level_of_theory"),
+                        "num_train_structures": s["num_structures"],
+                    }
                     for (n, d, w), s in zip(sources, splits)
                 ],
             },
