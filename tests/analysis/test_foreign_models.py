@@ -187,7 +187,8 @@ def test_relax_and_symmetry_workflows_give_our_metrics(pet_files, mace_files):
             keys += ["symmetry/rot_error_forces", "symmetry/grid_std_forces"]
         for key in keys:
             assert got[key] == pytest.approx(expected[key], rel=1e-3, abs=1e-6), (foreign, key)
-        assert got["relax/spacegroup_kept_fraction"] == expected["relax/spacegroup_kept_fraction"]
+        kept = [m["relax/spacegroup_kept_fraction"] for m in (got, expected)]
+        assert kept[0] == kept[1] or all(map(math.isnan, kept))  # nan: every start is P1
         assert not math.isnan(got["symmetry/lambda"])
 
 
