@@ -20,6 +20,7 @@ Frequencies in THz; imaginary modes are negative numbers.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,10 @@ class PhononSettings:
     # they do not for direct forces or a loosely relaxed one.
     subtract_residual: bool = setting(True, "subtract the forces of the undisplaced supercell")
     reference_model: str | None = setting(None, "the frequency errors' " + REFERENCE_HELP)
+
+
+class CellCollapsed(ValueError):
+    """The model's relaxation took a cell far from its start (see relax.VOLUME_LIMITS)."""
 
 
 def asr_violation(fc: NDArray[np.float64]) -> float:
@@ -154,6 +159,13 @@ def compute_phonons(atoms: Atoms, calc: Calculator, settings: PhononSettings) ->
                 max_steps=settings.relax_max_steps,
             ),
         )
+        if relaxed.collapsed:
+            raise CellCollapsed(
+                f"the pre-relaxation of {atoms.get_chemical_formula()} took the cell volume "
+                f"from {atoms.get_volume():.3g} to {relaxed.atoms.get_volume():.3g} A^3 in "
+                f"{relaxed.steps} steps: the model does not hold this structure together, "
+                "so its phonons are meaningless"
+            )
         atoms = relaxed.atoms
         relax_info = {"converged": relaxed.converged, "steps": relaxed.steps}
 
@@ -298,10 +310,15 @@ def run(
     calc = model.build()
     ref_calc = reference.build() if reference is not None and reference != model else None
     per_structure: dict[str, dict] = {}
+    failed: dict[str, str] = {}
     for name, atoms in structures:
         check_species(calc, atoms, name, model.spec)
         try:
             res = compute_phonons(atoms, calc, settings)
+        except CellCollapsed as exc:  # this model on this structure: count it, go on
+            failed[name] = str(exc)
+            print(f"phonons: {name}: skipped, {exc}", file=sys.stderr, flush=True)
+            continue
         except ValueError as exc:
             raise ValueError(f"structure {name!r}: {exc}") from exc
         ref = None
@@ -330,6 +347,7 @@ def run(
                 write_json(out / name / "reference_phonons.json", ref)
             plot_bands(res, out / name / "bands.png", ref, f"{name}: {model.describe()}")
     metrics = _summarize(per_structure)
+    metrics["phonon/num_failed"] = len(failed)
     result = {
         "settings": {
             "model": model.as_dict(),
@@ -340,6 +358,7 @@ def run(
             "imaginary_tol_thz": settings.imaginary_tol,
         },
         "structures": per_structure,
+        "failed": failed,
         "metrics": metrics,
     }
     return write_results(out, result)
@@ -351,15 +370,19 @@ def _summarize(per_structure: dict[str, dict]) -> dict[str, float]:
     def col(key: str) -> list[float]:
         return [r.get(key, math.nan) for r in rows]
 
+    def top(key: str) -> float:
+        values = col(key)
+        return max(values) if values else math.nan  # no structure made it through
+
     return {
         "phonon/num_structures": len(rows),
         "phonon/freq_mae_THz": nanmean(col("freq_mae_thz")),
         "phonon/gamma_freq_mae_THz": nanmean(col("gamma_freq_mae_thz")),
-        "phonon/max_freq_THz": max(col("max_frequency_thz")),
+        "phonon/max_freq_THz": top("max_frequency_thz"),
         "phonon/num_imaginary": int(sum(col("num_imaginary"))),
-        "phonon/asr_violation": max(col("asr_violation_raw")),
-        "phonon/fc_asymmetry": max(col("fc_asymmetry_raw")),
-        "phonon/acoustic_gamma_max_THz": max(col("acoustic_gamma_max_abs_thz")),
+        "phonon/asr_violation": top("asr_violation_raw"),
+        "phonon/fc_asymmetry": top("fc_asymmetry_raw"),
+        "phonon/acoustic_gamma_max_THz": top("acoustic_gamma_max_abs_thz"),
     }
 
 

@@ -91,6 +91,12 @@ class Relaxed:
     converged: bool
     steps: int
     energy: float
+    collapsed: bool = False  # stopped: the cell volume left [1/3, 3] x its start
+
+
+# A relaxation that shrinks or swells the cell past these factors is a model
+# failing, not a structure relaxing: stop before neighbour lists explode.
+VOLUME_LIMITS = (1 / 3, 3.0)
 
 
 def relax_structure(atoms: Atoms, calc: Calculator, settings: RelaxSettings) -> Relaxed:
@@ -112,12 +118,17 @@ def relax_structure(atoms: Atoms, calc: Calculator, settings: RelaxSettings) -> 
     target = FrechetCellFilter(work) if use_filter else work
     optimizer_cls = {"fire": FIRE, "bfgs": BFGS}[settings.optimizer]
     opt = optimizer_cls(target, logfile=None)
-    converged = bool(opt.run(fmax=settings.fmax, steps=settings.max_steps))
+    start = work.get_volume() if work.pbc.all() else None
+    converged, collapsed = False, False
+    for converged in opt.irun(fmax=settings.fmax, steps=settings.max_steps):
+        if start and not VOLUME_LIMITS[0] <= work.get_volume() / start <= VOLUME_LIMITS[1]:
+            collapsed, converged = True, False
+            break
     energy = float(work.get_potential_energy())
     final = work.copy()
     final.calc = None
     final.set_constraint()
-    return Relaxed(final, converged, int(opt.nsteps), energy)
+    return Relaxed(final, bool(converged), int(opt.nsteps), energy, collapsed)
 
 
 def _kabsch_aligned(pos: np.ndarray, ref: np.ndarray) -> np.ndarray:

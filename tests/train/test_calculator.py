@@ -145,7 +145,9 @@ def test_practical_command_on_a_trained_model(both_model, emt_shards, tmp_path):
     for name, m in rows.items():
         assert m["labels/num_structures"] == num_test
         assert m["relax-fixsym/spacegroup_kept_fraction"] == 1.0, name
-        assert m["phonon/num_structures"] == 1
+        # a model this short-trained may not hold fcc Cu together: then the phonon
+        # step says so and counts it, instead of running on a collapsed cell
+        assert m["phonon/num_structures"] + m["phonon/num_failed"] == 1
         assert m["speed/us_per_atom"] > 0
     # the grid removes what the random rotations see, up to the grid's degree
     assert summary["rotational_error_drop"]["direct-rot2"] > 10
