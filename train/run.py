@@ -159,7 +159,7 @@ def run(cfg: TrainConfig) -> dict:
     summary["best"] = trainer.best
     summary["total_time_s"] = time.time() - t_start
     if info.is_main:
-        export_model(engine.module, ema, cfg, stats, run_dir / "model.pt")
+        export_model(engine.module, ema, cfg, stats, run_dir / "model.pt", metrics=final_val)
         logger.log({"step": progress.step, **final_val})
         logger.summary(summary)
         rundir.write_summary(run_dir, summary)
