@@ -23,6 +23,24 @@ from train.resume import resume_point
 from train.trainer import Progress, Trainer, TrainParts, element_mask, schedule_record
 
 
+class Phases:
+    """Seconds spent in each start-up phase, for the line a run prints first
+    (and summary.json's ``startup_s``)."""
+
+    def __init__(self):
+        self.t = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self.t, 3)
+        self.t = now
+
+    def line(self) -> str:
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+        return f"start-up: {parts} (total {sum(self.seconds.values()):.1f} s)"
+
+
 def warn_schedule_change(saved: dict | None, now: dict) -> None:
     """Names every setting of the learning-rate curve that changed on resume
     (a WSD cooldown branch changes it on purpose)."""
@@ -38,6 +56,7 @@ def warn_schedule_change(saved: dict | None, now: dict) -> None:
 def run(cfg: TrainConfig) -> dict:
     """Trains one model as configured; returns the summary (also RUN/summary.json)."""
     check(cfg)
+    clock = Phases()
     t_start = time.time()
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -46,13 +65,16 @@ def run(cfg: TrainConfig) -> dict:
         cfg.engine.backend,
         need_group=cfg.engine.kind == "deepspeed" or int(os.environ.get("WORLD_SIZE", "1")) > 1,
     )
+    clock.mark("process group")
     run_dir = Path(cfg.run_dir or rundir.default_run_dir(cfg))
     name = cfg.name or run_dir.name
     # decided before anything is written: a start that must stop touches nothing
     resume_from = resume_point(run_dir, cfg, info.world_size)
 
+    clock.mark("checkpoint check")
     # data: opened once (one root, or every source of a mixture)
     data = build.open_data(cfg)
+    clock.mark("data open")
     stats = data.stats
     budget = resolve_budget(cfg, data.num_structures, data.num_atoms)
     if info.is_main:  # config and data checked: now the run directory is written
@@ -60,6 +82,7 @@ def run(cfg: TrainConfig) -> dict:
     barrier()
 
     # model: identical initial weights on every rank
+    clock.mark("statistics and run directory")
     torch.manual_seed(cfg.seed)
     model = build.make_model(cfg, stats)
     cutoff = cfg.data.cutoff_A or model.cutoff
@@ -69,14 +92,18 @@ def run(cfg: TrainConfig) -> dict:
         build.init_weights(model, cfg.trainer.init_from)
     dtype = getattr(torch, cfg.trainer.dtype)
     model = model.to(info.device, dtype)
+    clock.mark("model build")
     flops = build.reference_flops(model, cfg, data.reference, cutoff, info.device, dtype)
+    clock.mark("FLOPs reference batch")
     train_loader, val_loader, val_sources = build.loaders(cfg, data, cutoff, info)
+    clock.mark("loaders")
 
     # engine, EMA, and the state of an interrupted run
     optimizer = build_optimizer(model, cfg.optim)
     schedule = lr_factor(replace(cfg.schedule, total_steps=budget.schedule_steps), budget.max_steps)
     engine = build_engine(model, optimizer, schedule, cfg.optim, cfg.engine)
     ema = EMA(engine.module, cfg.trainer.ema_decay)
+    clock.mark("engine")
     progress = Progress()
     state = checkpoint.load(resume_from, engine, info.rank) if resume_from else None
     if state is not None:
@@ -86,6 +113,7 @@ def run(cfg: TrainConfig) -> dict:
         if info.is_main:
             print(f"resumed {run_dir} from step {progress.step}", flush=True)
             warn_schedule_change(state.get("schedule"), schedule_record(cfg, budget))
+    clock.mark("resume")
     logger = MetricLogger(
         run_dir,
         cfg.logger,
@@ -116,6 +144,7 @@ def run(cfg: TrainConfig) -> dict:
     trainer.on_best = lambda t: export_model(t.model, t.ema, cfg, stats, run_dir / "model_best.pt")
     if info.is_main:
         print(budget.reason, flush=True)
+        print(clock.line(), flush=True)
     trainer.install_signal_handlers()
     try:
         status = trainer.fit()
@@ -157,6 +186,7 @@ def run(cfg: TrainConfig) -> dict:
         "reason": budget.reason,
     }
     summary["best"] = trainer.best
+    summary["startup_s"] = clock.seconds
     summary["total_time_s"] = time.time() - t_start
     if info.is_main:
         export_model(engine.module, ema, cfg, stats, run_dir / "model.pt", metrics=final_val)

@@ -46,3 +46,6 @@ def test_summary_fields(emt_shards, tmp_path):
     assert summary["baseline"]["forces_mae"] > 0 and summary["baseline"]["energy_per_atom_mae"] > 0
     assert summary["convergence"]["verdict"] in ("converged", "still-improving")
     assert isinstance(summary["not_learned"], list)
+    phases = summary["startup_s"]  # every start-up phase named and timed
+    assert {"data open", "model build", "FLOPs reference batch", "engine"} <= set(phases)
+    assert all(v >= 0 for v in phases.values())
