@@ -251,7 +251,7 @@ def sweep(args: list[str], _pass: int = 1) -> dict:
             continue
         todo.append(spec)
     print(
-        f"study {study.name}: {len(every)} runs, {len(todo)} jobs to run"
+        f"study {study.name}: {len(every)} runs, {len(todo)} to run"
         + (f", {len(waiting)} waiting for tuning runs" if waiting else "")
         + f", in {study_dir}",
         flush=True,
