@@ -28,6 +28,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _port_is_free(port: str) -> bool:
+    try:
+        with socket.socket() as s:
+            s.bind(("", int(port)))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def environment() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from the launcher's environment variables."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
@@ -64,7 +73,14 @@ def init_distributed(
         os.environ.setdefault("LOCAL_RANK", str(local))
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         if world == 1:
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            # Nobody else joins a one-member group, so a port inherited from a
+            # parent process that still listens on it is replaced, not fatal.
+            given = os.environ.get("MASTER_PORT")
+            if given is None or not _port_is_free(given):
+                if given is not None:
+                    print(f"[dist] MASTER_PORT={given} is in use; a lone process takes a free port",
+                          flush=True)
+                os.environ["MASTER_PORT"] = str(_free_port())
         elif "MASTER_PORT" not in os.environ:
             raise RuntimeError(
                 f"rank {rank} of {world}: MASTER_PORT is not set; launch with torchrun, "

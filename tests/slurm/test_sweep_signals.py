@@ -33,7 +33,8 @@ def test_a_signal_stops_the_whole_sweep_after_a_checkpoint(tmp_path, signum):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     first = study / "runs" / "pet-direct_f0.5"
     deadline = time.time() + 300
-    while time.time() < deadline and len(_rows(first / "metrics.jsonl")) < 3:
+    while (time.time() < deadline and proc.poll() is None
+           and len(_rows(first / "metrics.jsonl")) < 3):
         time.sleep(0.1)
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=300)

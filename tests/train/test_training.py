@@ -61,7 +61,7 @@ def test_kill_and_resume_is_exact(emt_shards, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "train", *args, f"run_dir={run}"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline:  # kill once step 6 is logged (checkpoint at 4 exists)
+    while time.time() < deadline and proc.poll() is None:  # kill once step 6 is logged
         if (run / "metrics.jsonl").exists() and any(
                 r.get("step", 0) >= 6 for r in read_metrics(run)):
             break
@@ -82,7 +82,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(emt_shards, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "train", *args, f"run_dir={run}"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         if (run / "metrics.jsonl").exists() and len(read_metrics(run)) >= 3:
             break
         time.sleep(0.05)
@@ -106,3 +106,19 @@ def test_two_processes_train_and_see_each_structure_once_per_epoch(emt_shards, t
     if summary["steps"] < 12:  # the epoch ended first: every structure exactly once
         assert summary["structures_seen"] == manifest["splits"]["train"]["num_structures"]
     assert summary["val/forces_mae"] > 0
+
+
+def test_a_lone_run_survives_an_inherited_busy_master_port(emt_shards, tmp_path):
+    """A parent that holds a process group leaks MASTER_PORT to its children; a
+    one-process run must not die on EADDRINUSE because of it."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = train_cli(f"data.root={emt_shards}", *COMMON, "trainer.max_steps=2",
+                         "trainer.val_every=0", f"run_dir={tmp_path / 'run'}",
+                         env={"MASTER_PORT": str(port), "MASTER_ADDR": "127.0.0.1"})
+    assert f"MASTER_PORT={port} is in use" in proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 2
