@@ -2,86 +2,52 @@
 
 Per metric: loss against N, against D and against compute (log-log, one colour
 per family, fitted curves with bootstrap bands), residuals of every fit
-against each of its axes, the error ratio of each pair of families, the metric
-against the tuned value of a tuned study, and validation curves over training.
+against each of its axes, and (:mod:`analysis.scaling.sideplots`) the error
+ratio of each pair of families, the metric against the tuned value of a tuned
+study, and validation curves over training.
+
 Markers: filled, a run in the fit; hollow, a run still improving at the end
 of training; a cross, a run not in the fit (another slice, a ladder main, a
-tuned value not chosen).
+tuned value not chosen); each point is labelled with its size and data
+fraction. Under each fit figure, one line per fit gives its formula, the
+exponents with their intervals, its verdict and why a band is missing; a weak
+fit's warning sits in red on the axes. A dotted black line marks the trivial
+predictor where the runs record it. The `*_figure` functions return the
+figure (tests read it); the others save it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib import pyplot as plt
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")  # files only: no display on clusters or in CI
+from analysis.scaling.figparts import (
+    AXIS_LABEL,
+    DATA_LABEL,
+    EXPONENT,
+    colours,
+    draw_fit,
+    draw_points,
+    fit_notes,
+    legend_outside,
+    marker_handles,
+    metric_label,
+    metric_unit,
+    plain_ticks,
+    save,
+    set_ylim,
+    slug,
+    trivial_line,
+)
+from analysis.scaling.laws import LAW_NAMES, Law, num_distinct
+from analysis.scaling.sideplots import ratios_figure, training_figure, tuned_figure
+from analysis.scaling.types import Analysis, FitEntry
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from analysis.scaling.laws import LAW_NAMES, Law, num_distinct  # noqa: E402
-from analysis.scaling.types import Analysis, FitEntry, Run  # noqa: E402
-
-UNITS = {
-    "energy_per_atom": "eV/atom",
-    "energy": "eV",
-    "forces": "eV/Å",
-    "force": "eV/Å",
-    "stress": "eV/Å³",
-    "virial": "eV",
-    "rmsd": "Å",
-    "freq": "THz",
-    "rot_error_forces": "eV/Å",
-}
-AXIS_LABEL = {
-    "N": "parameters N",
-    "non-embedding": "non-embedding parameters N",
-    "total": "parameters N",
-    "C": "training compute C (FLOPs)",
-}
-DATA_LABEL = {
-    "atoms_seen": "atoms seen D",
-    "structures_seen": "structures seen D",
-    "train_atoms": "training-set atoms D",
-    "train_structures": "training-set structures D",
-}
-
-
-def metric_unit(metric: str) -> str:
-    """The unit of a metric from its name ("" when unknown)."""
-    base = metric.split("/")[-1]
-    for key, unit in UNITS.items():
-        if base.startswith(key + "_") or base == key:
-            # "energy_mae_per_atom" (relax) as well as "energy_per_atom_mae" (val)
-            return "eV/atom" if unit == "eV" and "per_atom" in base else unit
-    return ""
-
-
-def metric_label(metric: str) -> str:
-    unit = metric_unit(metric)
-    return f"{metric} ({unit})" if unit else metric
-
-
-def slug(metric: str) -> str:
-    """File-name form of a metric name."""
-    return "".join(c if c.isalnum() or c in "_-" else "-" for c in metric).strip("-")
-
-
-def _colours(families: list[str]) -> dict[str, str]:
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {f: cycle[i % len(cycle)] for i, f in enumerate(families)}
-
-
-def _save(fig, stem: Path) -> list[str]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    for ext in ("png", "pdf"):
-        path = stem.with_suffix(f".{ext}")
-        fig.savefig(path, dpi=150 if ext == "png" else None, bbox_inches="tight")
-        out.append(path.name)
-    plt.close(fig)
-    return out
+__all__ = ["make_figures", "metric_label", "metric_unit", "slug"]
 
 
 def _grid(values: np.ndarray) -> np.ndarray:
@@ -89,57 +55,41 @@ def _grid(values: np.ndarray) -> np.ndarray:
     return np.geomspace(lo / 1.3, hi * 1.3, 80) if hi > lo else np.array([lo])
 
 
-def _points(ax, runs: list[Run], xs, ys, in_fit: set[str], colour: str) -> None:
-    """Runs as markers: filled in the fit, hollow still improving, a cross not in the fit."""
-    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
-    ok = np.isfinite(xs) & np.isfinite(ys)
-    fit = np.array([r.name in in_fit for r in runs], bool)
-    still = np.array([r.still_improving for r in runs], bool)
-    for mask, style in (
-        (fit & ~still, {"color": colour}),
-        (fit & still, {"facecolors": "none", "edgecolors": colour, "linewidths": 1.2}),
-        (~fit & ~still, {"color": colour, "marker": "x", "alpha": 0.5}),
-        (~fit & still, {"facecolors": "none", "edgecolors": colour, "alpha": 0.5}),
-    ):
-        if (ok & mask).any():
-            ax.scatter(xs[ok & mask], ys[ok & mask], s=28, zorder=3, **style)
+def _band_handle(an: Analysis) -> Patch:
+    pct = f"{100 * an.settings.ci_level:g}%"
+    return Patch(color="0.5", alpha=0.3, lw=0, label=f"{pct} band (bootstrap over runs)")
 
 
-_MARKERS = "filled: in the fit; hollow: still improving; x: not in the fit"
-
-
-def _draw_fit(ax, entry: FitEntry, axis: str, colour: str, label: str) -> None:
-    res = entry.result
-    x = _grid(res.x[axis])
-    ax.plot(x, res.predict({axis: x}), color=colour, lw=1.8, label=label)
-    band = res.band({axis: x})
-    if band is not None:
-        ax.fill_between(x, band[0], band[1], color=colour, alpha=0.2, lw=0)
-
-
-def _draw_joint(ax, entry: FitEntry, axis: str, colour: str) -> None:
-    """The L(N, D) fit as one dashed curve per level of the other axis."""
+def _draw_joint(ax, entry: FitEntry, axis: str, colour: str) -> list[np.ndarray]:
+    """The L(N, D) fit as one dashed curve (and band) per level of the other axis."""
     res = entry.result
     other = "D" if axis == "N" else "N"
     levels = np.unique(np.round(np.log(res.x[other]), 2))
     x = _grid(res.x[axis])
+    curves = []
     for i, lv in enumerate(levels):
-        ax.plot(
-            x,
-            res.predict({axis: x, other: np.full_like(x, np.exp(lv))}),
-            color=colour,
-            lw=1,
-            ls="--",
-            alpha=0.8,
-            label=f"{entry.family}: L(N, D)" if i == 0 else None,
+        label = f"{entry.family}: L(N, D), one curve per {other}" if i == 0 else None
+        curves.append(
+            draw_fit(
+                ax,
+                entry,
+                {axis: x, other: np.full_like(x, np.exp(lv))},
+                axis,
+                colour,
+                lw=1,
+                ls="--",
+                alpha=0.8,
+                label=label,
+            )
         )
+    return curves
 
 
-def loss_vs_axis(an: Analysis, metric: str, axis: str, stem: Path) -> list[str] | None:
+def loss_vs_axis_figure(an: Analysis, metric: str, axis: str):
     """Loss against N or D, fitted curves and bands; None if nothing to draw."""
-    colours = _colours(an.families)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    drawn = False
+    cols = colours(an.families)
+    fig, ax = plt.subplots(figsize=(9, 5.4), layout="constrained")
+    drawn, used, ys_all, notes, banded = False, set(), [], [], False
     measure, pm = an.settings.data_measure, an.settings.param_measure
     for fam in an.families:
         laws = an.fits.get(fam, {}).get(metric, {})
@@ -153,36 +103,50 @@ def loss_vs_axis(an: Analysis, metric: str, axis: str, stem: Path) -> list[str] 
         if not np.isfinite(xs).any():
             continue
         drawn = True
+        ys_all.append(ys)
         shown = axis if axis in laws else ("ND" if "ND" in laws else None)
         in_fit = {r.name for r in laws[shown].runs} if shown else set()
-        _points(ax, runs, xs, ys, in_fit, colours[fam])
+        used |= draw_points(ax, runs, xs, ys, in_fit, cols[fam], fam != an.families[0])
         if axis in laws:
-            p = laws[axis].result.params
-            e = p[laws[axis].result.law.exponent_names[0]]
-            name = "alpha" if axis == "N" else "beta"
-            _draw_fit(ax, laws[axis], axis, colours[fam], f"{fam}: {name} = {e:.2f}")
+            e = laws[axis]
+            name = e.result.law.exponent_names[0]
+            v = e.result.params[name]
+            verdict = e.result.quality.get("verdict", "?")
+            label = f"{fam}: L({axis}) fit, {EXPONENT[name]} = {v:.2f} ({verdict})"
+            ys_all.append(
+                draw_fit(ax, e, {axis: _grid(e.result.x[axis])}, axis, cols[fam], label=label)
+            )
+            notes.append((e, cols[fam]))
         elif "ND" in laws:
-            _draw_joint(ax, laws["ND"], axis, colours[fam])
+            ys_all += _draw_joint(ax, laws["ND"], axis, cols[fam])
+            notes.append((laws["ND"], cols[fam]))
         else:
-            ax.plot([], [], "o", color=colours[fam], label=f"{fam} (no fit)")
+            ax.plot([], [], "o", color=cols[fam], label=f"{fam} (no fit)")
+        banded |= bool(shown) and laws[shown].result.has_ci
     if not drawn:
         plt.close(fig)
         return None
+    if (b := trivial_line(ax, an.runs, metric)) is not None:
+        ys_all.append(np.array([b]))
     ax.set_xscale("log")
     ax.set_yscale("log")
+    set_ylim(ax, ys_all)
     ax.set_xlabel(AXIS_LABEL[pm] if axis == "N" else DATA_LABEL.get(measure, measure))
     ax.set_ylabel(metric_label(metric))
-    ax.set_title(f"{metric} vs {'model size' if axis == 'N' else 'data'}\n({_MARKERS})", fontsize=8)
+    ax.set_title(f"{metric} against {'model size N' if axis == 'N' else 'data D'}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, stem)
+    plain_ticks(ax)
+    legend_outside(ax, marker_handles(used) + ([_band_handle(an)] if banded else []))
+    fit_notes(ax, notes)
+    return fig
 
 
-def loss_vs_compute(an: Analysis, metric: str, stem: Path) -> list[str] | None:
+def loss_vs_compute_figure(an: Analysis, metric: str):
     """Loss against measured compute: runs, empirical frontier, fitted frontier."""
-    colours = _colours(an.families)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    drawn = False
+    cols = colours(an.families)
+    fig, ax = plt.subplots(figsize=(9, 5.4), layout="constrained")
+    drawn, used, ys_all, notes, styles = False, set(), [], [], set()
+    banded = False
     for fam in an.families:
         runs = [
             r
@@ -196,16 +160,30 @@ def loss_vs_compute(an: Analysis, metric: str, stem: Path) -> list[str] | None:
         front = an.pareto.get(fam, {}).get(metric, [])
         on_env = {p["run"] for p in front} if law_c is None else {r.name for r in law_c.runs}
         xs, ys = [r.flops for r in runs], [r.metrics[metric] for r in runs]
-        _points(ax, runs, xs, ys, on_env, colours[fam])
+        ys_all.append(np.array(ys))
+        used |= draw_points(ax, runs, xs, ys, on_env, cols[fam], fam != an.families[0])
         if law_c is not None:
             kappa = law_c.result.params["kappa"]
-            _draw_fit(ax, law_c, "C", colours[fam], f"{fam}: L(C) envelope, kappa = {kappa:.2f}")
+            verdict = law_c.result.quality.get("verdict", "?")
+            ys_all.append(
+                draw_fit(
+                    ax,
+                    law_c,
+                    {"C": _grid(law_c.result.x["C"])},
+                    "C",
+                    cols[fam],
+                    label=f"{fam}: L(C) fit to the envelope, κ = {kappa:.2f} ({verdict})",
+                )
+            )
+            notes.append((law_c, cols[fam]))
+            banded |= law_c.result.has_ci
         if len(front) > 1:
+            styles.add("steps")
             ax.step(
                 [p["C"] for p in front],
                 [p["L"] for p in front],
                 where="post",
-                color=colours[fam],
+                color=cols[fam],
                 lw=0.8,
                 alpha=0.6,
             )
@@ -214,34 +192,57 @@ def loss_vs_compute(an: Analysis, metric: str, stem: Path) -> list[str] | None:
             c, cur = np.array(fr["curve"]["C"]), fr["curve"]
             inside = np.array(cur["in_range"], bool)
             a = fr["N_opt_exponent"]["value"]
-            lab = f"{fam}: L(N, D) optimum, N_opt ~ C^{a:.2f}"
             # dash-dot where the optimal N and D were sampled, dotted where extrapolated
             ax.plot(
                 c,
                 np.where(inside, cur["L"], np.nan),
-                color=colours[fam],
+                color=cols[fam],
                 lw=1.2,
                 ls="-.",
-                label=lab,
+                label=f"{fam}: compute-optimal L(N, D), N_opt ~ C^{a:.2f}",
             )
-            ax.plot(c, cur["L"], color=colours[fam], lw=0.8, ls=":", alpha=0.6)
+            if not inside.all():
+                styles.add("extrapolated")
+                ax.plot(c, cur["L"], color=cols[fam], lw=0.8, ls=":", alpha=0.6)
+            ys_all.append(np.asarray(cur["L"])[inside])
         else:
-            ax.plot([], [], "o", color=colours[fam], label=f"{fam} (no L(N, D) frontier)")
+            ax.plot([], [], "o", color=cols[fam], label=f"{fam} (no L(N, D) frontier)")
     if not drawn:
         plt.close(fig)
         return None
+    if (b := trivial_line(ax, an.runs, metric)) is not None:
+        ys_all.append(np.array([b]))
     ax.set(xscale="log", yscale="log", xlabel=AXIS_LABEL["C"], ylabel=metric_label(metric))
-    ax.set_title(
-        f"{metric} vs compute (thin steps: lower envelope)\n(filled: on the envelope; hollow: "
-        "still improving; x: not on it)",
-        fontsize=8,
-    )
+    set_ylim(ax, ys_all)
+    ax.set_title(f"{metric} against training compute C", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, stem)
+    plain_ticks(ax)
+    extra = marker_handles(used, {"fit": "on the envelope", "out": "not on the envelope"})
+    if "steps" in styles:
+        extra.append(
+            Line2D(
+                [],
+                [],
+                color="0.4",
+                lw=0.8,
+                drawstyle="steps-post",
+                label="empirical lower envelope (thin steps)",
+            )
+        )
+    if "extrapolated" in styles:
+        extra.append(
+            Line2D(
+                [], [], color="0.4", lw=0.8, ls=":", label="compute-optimal L(N, D), extrapolated"
+            )
+        )
+    if banded:
+        extra.append(_band_handle(an))
+    legend_outside(ax, extra)
+    fit_notes(ax, notes)
+    return fig
 
 
-def residuals(an: Analysis, metric: str, stem: Path) -> list[str] | None:
+def residuals_figure(an: Analysis, metric: str):
     """observed / fitted - 1 of every fit of a metric, one panel per law and axis
     (L(N, D) against log N and against log D)."""
     panels = [
@@ -252,13 +253,14 @@ def residuals(an: Analysis, metric: str, stem: Path) -> list[str] | None:
     ]
     if not panels:
         return None
-    colours = _colours(an.families)
-    cols = min(3, len(panels))
-    rows = -(-len(panels) // cols)
+    cols = colours(an.families)
+    ncols = min(3, len(panels))
+    rows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(
-        rows, cols, figsize=(4.0 * cols, 3.2 * rows), squeeze=False, layout="constrained"
+        rows, ncols, figsize=(4.4 * ncols, 3.6 * rows), squeeze=False, layout="constrained"
     )
     label = {"N": AXIS_LABEL[an.settings.param_measure], "C": AXIS_LABEL["C"]}
+    used = set()
     for i, (ax, (law, axis)) in enumerate(zip(axes.flat, panels)):
         top = 1.0  # at least +-1%: an exact fit's 1e-7% residuals are not a pattern
         for fam in an.families:
@@ -268,140 +270,64 @@ def residuals(an: Analysis, metric: str, stem: Path) -> list[str] | None:
             res = e.result
             ys = 100 * (np.exp(-res.residuals_log) - 1)
             top = max(top, 1.15 * float(np.abs(ys).max()))
-            _points(ax, e.runs, res.x[axis], ys, {r.name for r in e.runs}, colours[fam])
-            ax.plot([], [], "o", color=colours[fam], label=f"{fam} ({res.quality['verdict']})")
+            used |= draw_points(
+                ax,
+                e.runs,
+                res.x[axis],
+                ys,
+                {r.name for r in e.runs},
+                cols[fam],
+                fam != an.families[0],
+            )
+            ax.plot([], [], "o", color=cols[fam], label=f"{fam} ({res.quality['verdict']})")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_ylim(-top, top)
         ax.set_xlabel(label.get(axis, DATA_LABEL.get(an.settings.data_measure, "D")), fontsize=8)
-        if i % cols == 0:
+        if i % ncols == 0:
             ax.set_ylabel("observed / fitted - 1 (%)", fontsize=8)
         ax.set_title(f"L({', '.join(law)}) against {axis}", fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        plain_ticks(ax)
+        ax.legend(fontsize=7, title="family (verdict)", title_fontsize=7)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    fig.suptitle(f"{metric}: residuals (hollow: still improving)", fontsize=9)
-    return _save(fig, stem)
-
-
-def tuned(an: Analysis, metric: str, stem: Path) -> list[str] | None:
-    """The metric against the tuned value, one line per grid point (size), one panel
-    per family; a star marks the value chosen, log x."""
-    fams = [f for f in an.families if an.tuned.get(f, {}).get(metric)]
-    keys = {k for f in fams for s in an.tuned[f][metric] for k in s["value"]}
-    if not fams or len(keys) != 1:  # several tuned keys have no single x axis
-        return None
-    (key,) = keys
-    fig, axes = plt.subplots(
-        1, len(fams), figsize=(4.6 * len(fams), 3.6), squeeze=False, layout="constrained"
+    if hollow := marker_handles(used & {"still"}):
+        fig.legend(handles=hollow, loc="outside lower center", fontsize=7, frameon=False)
+    fig.suptitle(
+        f"{metric}: residuals of each fit (points labelled size, data fraction)", fontsize=9
     )
-    for ax, fam in zip(axes[0], fams):
-        sels = an.tuned[fam][metric]
-        varying = [
-            k
-            for k in sorted({k for s in sels for k in s["point"]})
-            if len({str(s["point"].get(k)) for s in sels}) > 1
-        ]
-        for i, s in enumerate(sels):
-            pts = sorted(
-                (t["value"][key], t["metric"]) for t in s["tried"] if t["metric"] is not None
-            )
-            if not pts:
-                continue
-            x, y = zip(*pts)
-            label = ", ".join(f"{k}={s['point'][k]}" for k in varying) or s["size"] or s["chosen"]
-            colour = f"C{i % 10}"
-            ax.plot(x, y, "o-", color=colour, lw=1.2, ms=4, label=label)
-            ax.plot(s["value"][key], s["metric"], "*", color=colour, ms=11, mec="k", mew=0.5)
-        ax.set(xscale="log", yscale="log", xlabel=key, ylabel=metric_label(metric))
-        title = f"{fam} (star: chosen)"
-        ax.set_title(title if len(fams) > 1 else f"{metric} against {key}: {title}", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    if len(fams) > 1:
-        fig.suptitle(f"{metric} against the tuned {key}", fontsize=9)
-    return _save(fig, stem)
+    return fig
 
 
-def ratios(an: Analysis, metric: str, stem: Path) -> list[str] | None:
-    """Error ratio of each pair of families, with the crossover and its interval."""
-    cmps = [c for c in an.comparisons if c["metric"] == metric and c.get("status") == "ok"]
-    if not cmps:
-        return None
-    fig, axes = plt.subplots(1, len(cmps), figsize=(4.5 * len(cmps), 3.4), squeeze=False)
-    for ax, c in zip(axes[0], cmps):
-        x = np.array(c["x"])
-        ax.plot(x, c["ratio"], color="C0", lw=1.8)
-        if c["ratio_band"]:
-            ax.fill_between(x, *c["ratio_band"], color="C0", alpha=0.2, lw=0)
-        ax.axhline(1, color="k", lw=0.8)
-        cr = c["crossover"]
-        if cr["value"] is not None:
-            ax.axvline(cr["value"], color="C3", lw=1)
-            if cr["ci"]:
-                ax.axvspan(*cr["ci"], color="C3", alpha=0.15)
-        ax.set_xscale("log")
-        ax.set_xlabel(AXIS_LABEL.get(c["axis"], c["axis"]))
-        ax.set_ylabel(f"{c['families'][0]} / {c['families'][1]}")
-        ax.set_title(f"error ratio, L({', '.join(c['law'])})", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(metric, fontsize=9)
-    return _save(fig, stem)
+FIGURES = {
+    "vs_N": lambda an, m: loss_vs_axis_figure(an, m, "N"),
+    "vs_D": lambda an, m: loss_vs_axis_figure(an, m, "D"),
+    "vs_compute": loss_vs_compute_figure,
+    "residuals": residuals_figure,
+    "tuned": tuned_figure,
+    "ratio": ratios_figure,
+    "training": training_figure,
+}
 
 
-def training_curves(an: Analysis, metric: str, stem: Path) -> list[str] | None:
-    """Validation metric against step for every run that logged it."""
-    colours = _colours(sorted({r.family for r in an.runs}))
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    drawn, seen = False, set()
-    for r in an.runs:
-        pts = [(h["step"], h[metric]) for h in r.history if metric in h and h[metric] > 0]
-        if len(pts) < 2:
+def figures(an: Analysis, metric: str) -> dict:
+    """Every figure of a metric, kind -> matplotlib Figure (the caller closes them)."""
+    out = {}
+    for kind, draw in FIGURES.items():
+        if kind == "vs_D" and not _has_d(an, metric):
             continue
-        drawn = True
-        s, v = zip(*pts)
-        label = r.family if r.family not in seen else None
-        seen.add(r.family)
-        ax.plot(
-            s,
-            v,
-            color=colours[r.family],
-            lw=1,
-            alpha=0.7 if r.finished else 0.35,
-            ls="-" if r.finished else "--",
-            label=label,
-        )
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set(yscale="log", xlabel="step", ylabel=metric_label(metric))
-    ax.set_title(f"{metric} during training (dashed: unfinished)", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, stem)
+        if (fig := draw(an, metric)) is not None:
+            out[kind] = fig
+    return out
 
 
 def make_figures(an: Analysis, fig_dir: Path) -> dict[str, dict[str, list[str]]]:
     """Every figure of every metric: metric -> kind -> file names (PNG first)."""
     out: dict[str, dict[str, list[str]]] = {}
     for metric in an.metrics:
-        s = slug(metric)
-        kinds = {
-            "vs_N": lambda m, p: loss_vs_axis(an, m, "N", p),
-            "vs_D": lambda m, p: loss_vs_axis(an, m, "D", p),
-            "vs_compute": lambda m, p: loss_vs_compute(an, m, p),
-            "residuals": lambda m, p: residuals(an, m, p),
-            "tuned": lambda m, p: tuned(an, m, p),
-            "ratio": lambda m, p: ratios(an, m, p),
-            "training": lambda m, p: training_curves(an, m, p),
-        }
-        for kind, draw in kinds.items():
-            if kind == "vs_D" and not _has_d(an, metric):
-                continue
-            files = draw(metric, fig_dir / f"{s}_{kind}")
-            if files:
-                out.setdefault(metric, {})[kind] = files
+        for kind, fig in figures(an, metric).items():
+            out.setdefault(metric, {})[kind] = save(fig, fig_dir / f"{slug(metric)}_{kind}")
     return out
 
 

@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from phonopy import Phonopy
 from phonopy.structure.atoms import PhonopyAtoms
 
+from analysis.workflows.bandplot import model_label, plot_bands, structure_title
 from analysis.workflows.model import REFERENCE_HELP, ModelOptions, check_species, reference_options
 from analysis.workflows.relax import RelaxSettings, relax_structure
 from analysis.workflows.results import nanmean, write_results
@@ -241,50 +242,6 @@ def compare(result: dict, reference: dict) -> dict[str, float]:
     }
 
 
-def plot_bands(result: dict, path: Path, reference: dict | None = None, title: str = "") -> None:
-    """Band structure (+ reference, dashed) and DOS side by side, saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax_dos) = plt.subplots(
-        1, 2, figsize=(8, 4), sharey=True, gridspec_kw={"width_ratios": [3, 1]}
-    )
-    x = np.asarray(result["path_x"])
-    # ASE repeats x at a path break (e.g. "K,U"): plot segments separately so no
-    # vertical line joins unrelated q-points, and merge the two labels.
-    cuts = [0, *(np.flatnonzero(np.diff(x) == 0) + 1).tolist(), len(x)]
-    for start, stop in zip(cuts[:-1], cuts[1:]):
-        seg = slice(start, stop)
-        if reference is not None:
-            ref_freqs = np.asarray(reference["path_frequencies_thz"])[seg]
-            ax.plot(x[seg], ref_freqs, color="0.6", ls="--", lw=1)
-        ax.plot(x[seg], np.asarray(result["path_frequencies_thz"])[seg], color="C0", lw=1.2)
-    ticks: list[float] = []
-    labels: list[str] = []
-    for sx, lab in zip(result["path_special_x"], result["path_labels"]):
-        lab = r"$\Gamma$" if lab == "G" else lab
-        if ticks and abs(sx - ticks[-1]) < 1e-9:
-            labels[-1] += "|" + lab
-        else:
-            ticks.append(sx)
-            labels.append(lab)
-    for sx in ticks:
-        ax.axvline(sx, color="0.8", lw=0.8)
-    ax.axhline(0.0, color="k", lw=0.6)
-    ax.set_xticks(ticks, labels)
-    ax.set_xlim(x[0], x[-1])
-    ax.set_ylabel("frequency (THz)")
-    ax.set_title(title)
-    ax_dos.plot(result["dos"], result["dos_frequencies_thz"], color="C0")
-    ax_dos.set_xlabel("DOS")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def run(
     model: ModelOptions,
     structures: Structures,
@@ -345,7 +302,14 @@ def run(
             write_json(out / name / "phonons.json", res)
             if ref is not None and ref is not res:
                 write_json(out / name / "reference_phonons.json", ref)
-            plot_bands(res, out / name / "bands.png", ref, f"{name}: {model.describe()}")
+            plot_bands(
+                res,
+                out / name / "bands.png",
+                ref,
+                structure_title(name, res.get("formula")),
+                model_label(model.spec, model.describe()),
+                model_label(reference.spec, reference.describe()) if reference else "",
+            )
     metrics = _summarize(per_structure)
     metrics["phonon/num_failed"] = len(failed)
     result = {
