@@ -35,13 +35,14 @@ def banner(text: str) -> None:
 
 
 def largest_runs(study_dir: Path) -> dict[str, Path]:
-    """The finished run with the most parameters (then most data) per family."""
+    """The finished run with the most parameters (then most data) per family; a
+    WSD ladder's main run never cooled down, so its longest branch stands for it."""
     best: dict[str, tuple] = {}
     for summary_path in sorted((study_dir / "runs").glob("*/summary.json")):
         s = json.loads(summary_path.read_text())
-        if s.get("status") != "finished":
+        if s.get("status") != "finished" or (s.get("budget") or {}).get("role") == "main":
             continue
-        key = (s["num_params"], s["data"]["num_train_structures"])
+        key = (s["num_params"], s["data"]["num_train_structures"], s.get("atoms_seen", 0))
         if s["family"] not in best or key > best[s["family"]][0]:
             best[s["family"]] = (key, summary_path.parent)
     return {family: run for family, (_, run) in sorted(best.items())}

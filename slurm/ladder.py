@@ -81,8 +81,10 @@ def main_overrides(steps: int, warmup: int, branches: list[Branch]) -> list[str]
 
 def branch_overrides(branch: Branch, warmup: int) -> list[str]:
     """A branch's schedule: warm-up and constant as the main run, then a linear
-    decay from ``branch_step`` to ``total_steps``."""
+    decay from ``branch_step`` to ``total_steps``; six validations over the
+    cooldown, so its second half (the convergence window) holds three."""
     return [
+        f"trainer.val_every={max(1, branch.cooldown_steps // 6)}",
         f"trainer.max_steps={branch.total_steps}",
         "schedule.kind=wsd",
         f"schedule.warmup_steps={warmup}",

@@ -58,6 +58,10 @@ class StudyDataConfig:
 class StudyConfig:
     name: str = "study"
     axes: dict[str, Any] = field(default_factory=dict)
+    # several grids, each a cartesian product (its axes over the shared `axes`),
+    # with optional overrides of its own under `train`: e.g. pet at widths
+    # w8..w32 under muP and mace at its own sizes, in one study
+    grids: list[dict[str, Any]] = field(default_factory=list)
     data: StudyDataConfig = field(default_factory=StudyDataConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     train: list[str] = field(default_factory=list)  # fixed overrides for every run
@@ -255,18 +259,29 @@ def expand(study: StudyConfig, study_dir: Path, data_root: str, extra: list[str]
     from slurm.stages import parse_stages
 
     stages = parse_stages(study.evaluate)
-    axes = {k: list(v) if isinstance(v, list | tuple) else [v] for k, v in study.axes.items()}
-    bad_at = sorted(set(study.tune_at) - set(axes))
+    grids = [
+        (_grid_axes({
+            **{k: v for k, v in g.items() if k != "train"},
+            **{k: v for k, v in study.axes.items() if k not in g},
+        }), list(g.get("train") or []))
+        for g in study.grids
+    ] or [(_grid_axes(study.axes), [])]
+    named = {k for g, _ in grids for k in g}
+    bad_at = sorted(set(study.tune_at) - named)
     if bad_at:
-        raise ValueError(f"study.tune_at names {bad_at}, which are not axes ({', '.join(axes)})")
+        raise ValueError(f"study.tune_at names {bad_at}, which are not axes ({', '.join(named)})")
     train = load_manifest(data_root)["splits"].get("train", {})
     train_atoms = float(train.get("num_atoms", 0))
     mean_atoms = train_atoms / max(1, train.get("num_structures", 1))
     runs = []
-    for values in itertools.product(*axes.values()):
-        point = dict(zip(axes, values))
+    points = [
+        (dict(zip(g, values)), own)
+        for g, own in grids
+        for values in itertools.product(*g.values())
+    ]
+    for point, own in points:
         over, family, size, knobs = _point_overrides(
-            point, [f"data.root={data_root}", *study.train]
+            point, [f"data.root={data_root}", *study.train, *own]
         )
         combos, waiting = _tuned_values(study, point, study_dir)
         for combo in combos:
@@ -288,6 +303,10 @@ def expand(study: StudyConfig, study_dir: Path, data_root: str, extra: list[str]
     if len(set(names)) != len(names):
         raise ValueError("two runs of the grid got the same name; make axis values distinct")
     return runs
+
+
+def _grid_axes(axes: dict[str, Any]) -> dict[str, list]:
+    return {k: list(v) if isinstance(v, list | tuple) else [v] for k, v in axes.items()}
 
 
 def _ladder(study, point, name, run_dir, base, stages, waiting) -> RunSpec:

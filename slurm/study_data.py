@@ -9,6 +9,7 @@ shard size) stops with a message instead of replacing the data under them.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,8 @@ def prepare_data(study: StudyConfig, study_dir: Path) -> str:
     calc, n, seed = wanted["calculator"], wanted["num_structures"], wanted["seed"]
     print(f"generating {n} structures ({calc}, seed {seed}) into {out}", flush=True)
     write_dataset(
-        generate_structures(n, seed=seed, calculator=calc, num_workers=1),
+        # every core: the structures are the same for any number of workers
+        generate_structures(n, seed=seed, calculator=calc, num_workers=os.cpu_count() or 1),
         out,
         shard_size=wanted["shard_size"],
         seed=seed,

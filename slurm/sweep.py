@@ -208,6 +208,7 @@ def sweep(args: list[str], _pass: int = 1) -> dict:
             {
                 "name": study.name,
                 "axes": study.axes,
+                "grids": [dict(g) for g in study.grids],
                 "budget": OmegaConf.to_container(OmegaConf.structured(study.budget)),
                 "tune": dict(study.tune),
                 "tune_at": dict(study.tune_at),

@@ -178,7 +178,11 @@ def run(cfg: TrainConfig) -> dict:
     summary["baseline"] = trivial
     summary["not_learned"] = rundir.not_learned(final_val, trivial)
     summary["convergence"] = rundir.convergence(
-        rundir.read_rows(run_dir), "val/forces_mae", final_val.get("val/forces_mae"), progress.step
+        rundir.read_rows(run_dir),
+        "val/forces_mae",
+        final_val.get("val/forces_mae"),
+        progress.step,
+        dict(cfg.budget or {}),
     )
     summary["budget_resolved"] = {
         "max_steps": budget.max_steps,

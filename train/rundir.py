@@ -135,8 +135,19 @@ CONVERGED_REL_CHANGE = 0.02
 NOT_LEARNED_FRACTION = 0.95
 
 
-def convergence(rows: list[dict], metric: str, final: float | None, steps: int) -> dict:
+def convergence(
+    rows: list[dict],
+    metric: str,
+    final: float | None,
+    steps: int,
+    budget: dict | None = None,
+) -> dict:
     """Whether the validation ``metric`` still improved over the last fifth of the run.
+
+    A WSD-ladder cooldown branch (``budget`` role ``cooldown``) falls by design
+    while its rate decays; its point is the annealed error at its data budget.
+    So its window is the second half of its cooldown instead (rate at or under
+    half its peak): a branch still falling there had too short a cooldown.
 
     ``rel_slope`` is the least-squares slope of the metric against the step over
     that window, times the window's length, over the metric's mean there: the
@@ -146,12 +157,16 @@ def convergence(rows: list[dict], metric: str, final: float | None, steps: int) 
         rows: metrics.jsonl rows (validation rows carry ``metric``).
         final: the final validation value (EMA weights), at ``steps``.
         steps: the run's last step.
+        budget: the run's budget record (summary.json ``budget``), if any.
     """
-    start = 0.8 * steps
+    start, window = 0.8 * steps, "last fifth"
+    if budget and budget.get("role") == "cooldown" and budget.get("cooldown_steps"):
+        cooldown = float(budget["cooldown_steps"])
+        start, window = steps - 0.5 * cooldown, "second half of the cooldown"
     points = [(r["step"], r[metric]) for r in rows if metric in r and r["step"] >= start]
     if final is not None:
         points = [p for p in points if p[0] != steps] + [(steps, final)]
-    out: dict[str, Any] = {"metric": metric, "window": "last fifth", "num_points": len(points)}
+    out: dict[str, Any] = {"metric": metric, "window": window, "num_points": len(points)}
     if len(points) < 3:
         return {**out, "rel_slope": None, "verdict": "unknown (under 3 validation points)"}
     x = [float(p[0]) for p in points]

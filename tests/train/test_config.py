@@ -66,3 +66,15 @@ def test_misspelt_knob_fails_at_config_time_with_the_closest_name(tmp_path):
         run(cfg)
     assert not (tmp_path / "run").exists()
     check(to_object(compose([f"data.root={tmp_path}", "model.knobs.d_edge=16"])))
+
+
+def test_every_size_preset_has_a_size_config_and_back():
+    """`size=NAME` is a Hydra choice: a preset without configs/size/NAME.yaml
+    cannot be chosen from the command line or a study (it failed a study once)."""
+    from pathlib import Path
+
+    from train.models.presets import MACE_PRESETS, PET_PRESETS
+
+    configs = {p.stem for p in (Path(__file__).resolve().parents[2] / "configs" / "size").glob(
+        "*.yaml")}
+    assert configs == set(PET_PRESETS) | set(MACE_PRESETS)

@@ -22,6 +22,24 @@ def test_convergence_verdict_from_the_last_fifth():
     assert few["verdict"].startswith("unknown") and few["rel_slope"] is None
 
 
+def test_a_cooldown_branch_is_judged_on_the_second_half_of_its_cooldown():
+    # constant rate to step 100, then a cooldown to 120: the error falls while the
+    # rate decays and flattens once it is small
+    rows = [{"step": s, "val/forces_mae": 0.2} for s in range(84, 101, 4)]
+    rows += [{"step": s, "val/forces_mae": 0.1 + 0.1 * max(0.0, 110 - s) / 10}
+             for s in range(104, 121, 2)]
+    plain = convergence(rows, "val/forces_mae", 0.1, 120)
+    assert plain["verdict"] == "still-improving"  # the fall of the cooldown in its window
+    budget = {"rule": "wsd-ladder", "role": "cooldown", "branch_step": 100, "cooldown_steps": 20}
+    branch = convergence(rows, "val/forces_mae", 0.1, 120, budget)
+    assert branch["window"] == "second half of the cooldown" and branch["num_points"] == 6
+    assert branch["verdict"] == "converged"
+    # a cooldown still falling in its second half is not converged
+    steep = [{"step": s, "val/forces_mae": 1.0 / s} for s in range(100, 121, 2)]
+    assert convergence(steep, "val/forces_mae", 1 / 120, 120, budget)["verdict"] == (
+        "still-improving")
+
+
 def test_not_learned_compares_with_the_trivial_predictor():
     trivial = {"energy_per_atom_mae": 0.1, "forces_mae": 0.5}
     assert not_learned({"val/energy_per_atom_mae": 0.099, "val/forces_mae": 0.1}, trivial) == [
