@@ -99,7 +99,7 @@ def plain_number(x: float) -> str:
     if x == 0 or not math.isfinite(x):
         return "0" if x == 0 else str(x)
     if 1e-4 <= abs(x) < 1e5:
-        return f"{x:.4g}"
+        return f"{x:.6g}"  # .4g would turn 10000 into 1e+04
     mantissa, exp = f"{x:.2e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exp)}"
@@ -133,12 +133,18 @@ def plain_ticks(ax) -> None:
 
 
 def point_label(r: Run) -> str:
-    """Short label of a run's point: its size and data fraction ("n2, 10%")."""
+    """Short label of a run's point: its size and data fraction ("n2, 10%"), and
+    for a WSD cooldown branch the fraction of the main run it branched at."""
     size = r.size or r.axes.get("size")
     frac = r.data_fraction if r.data_fraction is not None else r.axes.get("data_fraction")
     parts = [str(size)] if size else []
     with contextlib.suppress(TypeError, ValueError):
         parts.append(f"{100 * float(frac):.3g}%")
+    ladder = r.ladder or {}
+    if ladder.get("role") == "cooldown" and ladder.get("decay_at") is not None:
+        # the branches of one WSD ladder share size and fraction: tell them apart
+        with contextlib.suppress(TypeError, ValueError):
+            parts.append(f"cd@{float(ladder['decay_at']):g}")
     return ", ".join(parts)
 
 

@@ -18,10 +18,10 @@ from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from analysis.scaling.analyse import analyse  # noqa: E402
-from analysis.scaling.figparts import plain_number, plain_ticks  # noqa: E402
+from analysis.scaling.figparts import plain_number, plain_ticks, point_label  # noqa: E402
 from analysis.scaling.load import load_study  # noqa: E402
 from analysis.scaling.plots import figures, make_figures  # noqa: E402
-from analysis.scaling.types import Settings  # noqa: E402
+from analysis.scaling.types import Run, Settings  # noqa: E402
 from analysis.workflows.bandplot import (  # noqa: E402
     band_figure,
     model_label,
@@ -260,14 +260,8 @@ def test_tuned_figure(tmp_path):
 
 
 def test_plain_tick_labels_on_a_log_axis():
-    assert [plain_number(x) for x in (0.6, 20, 3000, 1e6, 3e-5, 2.5e12)] == [
-        "0.6",
-        "20",
-        "3000",
-        "1e6",
-        "3e-5",
-        "2.5e12",
-    ]
+    assert [plain_number(x) for x in (0.6, 20, 3000, 2e4, 1e6, 3e-5, 2.5e12, 0.30000000000000004)
+            ] == ["0.6", "20", "3000", "20000", "1e6", "3e-5", "2.5e12", "0.3"]
     fig, ax = plt.subplots()
     ax.plot([1, 2], [0.45, 0.95])
     ax.set_yscale("log")
@@ -315,3 +309,11 @@ def test_phonon_band_figure_names_model_reference_and_structure(tmp_path):
     assert (tmp_path / "bands.png").stat().st_size > 1000
     assert structure_title("structures/al.cif", "Al") == "Phonon bands: al.cif (Al)"
     assert Path(spec).parts[-1] in name
+
+
+def test_point_labels_tell_the_branches_of_a_ladder_apart():
+    plain = Run("a", "a", size="w16", axes={"data_fraction": 0.5})
+    assert point_label(plain) == "w16, 50%"
+    branches = [Run(f"b{k}", "b", size="w16", axes={"data_fraction": 1.0},
+                    ladder={"role": "cooldown", "decay_at": f}) for k, f in enumerate((0.25, 1.0))]
+    assert [point_label(r) for r in branches] == ["w16, 100%, cd@0.25", "w16, 100%, cd@1"]
