@@ -36,7 +36,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow or faults"
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow or faults" --durations=15
 
 bench: $(STAMP)
 	$(PY) -m analysis.bench --out runs/bench

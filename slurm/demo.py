@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default=str(REPO / "runs" / "demo"))
     p.add_argument("--study", default="demo", help="a study of configs/study/")
-    p.add_argument("--bootstrap", type=int, default=300)
+    p.add_argument("--bootstrap", type=int, default=100)
     args = p.parse_args(argv)
     study_dir = Path(args.out).resolve()
     t0 = time.time()

@@ -126,7 +126,24 @@ def reference_flops(
     model: AtomisticModel, cfg: TrainConfig, data: Dataset, cutoff: float, device, dtype
 ) -> dict[str, float]:
     """FLOPs per atom of forward and forward+backward, measured on the first
-    training batch in file order (the same batch for every run on this data)."""
+    training batch in file order (the same batch for every run on this data),
+    once per configuration (train/flops_cache.py)."""
+    from train.flops_cache import cached_flops, flops_key
+
+    split = data.manifest.get("splits", {}).get(cfg.data.train_split) or {}
+    if not split.get("num_structures"):
+        raise ConfigError(
+            f"the training split '{cfg.data.train_split}' of {cfg.data.root} has no "
+            "structures: convert data into it, or choose another data.train_split"
+        )
+    where = {"split": cfg.data.train_split, "cutoff": float(cutoff),
+             "max_atoms": cfg.data.max_atoms, "device": str(getattr(device, "type", device)),
+             "dtype": str(dtype)}
+    key = flops_key(model, data.manifest, where)
+    return cached_flops(key, lambda: _measure_flops(model, cfg, data, cutoff, device, dtype))
+
+
+def _measure_flops(model, cfg: TrainConfig, data: Dataset, cutoff: float, device, dtype):
     from train.trainer import to_device
 
     stream = StreamingLoader(
