@@ -3,14 +3,13 @@
     python -m slurm.demo [--out runs/demo] [--study demo]
 
 1. builds EMT data with the built-in generator (runs/demo/data),
-2. trains the study's grid through the sweep command with cluster=local; each
-   trained model then relaxes the built-in metal cells against EMT (the
-   study's evaluation stage), so relaxation errors get scaling fits too,
-3. fits the scaling laws and writes runs/demo/report/report.md with figures,
-4. evaluates the largest model of each family (relaxation, Cu phonons with a
+2. trains the study's grid through the sweep command with cluster=local
+   (configs/study/demo.yaml: WSD ladders, several data sizes per run),
+3. evaluates the largest model of each family (relaxation, Cu phonons with a
    band-structure plot, symmetry diagnostics; with and without rotational
    averaging) under runs/demo/eval/, and copies the metrics into each run's
    eval/ folder so the scaling analysis can read them,
+4. fits the scaling laws and writes runs/demo/report/report.md with figures,
 5. prints where the report is and the headline numbers.
 
 Every step keeps its outputs, so running it again resumes instead of restarting.
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no run finished; see python -m slurm.status " + str(study_dir), file=sys.stderr)
         return 1
 
-    banner("4. evaluation of the largest model of each family")
+    banner("3. evaluation of the largest model of each family")
     eval_dir = study_dir / "eval"
     evaluations = {}
     for family, run_dir in best.items():
@@ -211,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         indent=1,
     )
 
-    banner("3. scaling-law fits and report (python -m analysis scaling)")
+    banner("4. scaling-law fits and report (python -m analysis scaling)")
     from analysis.scaling.command import main as scaling_main
 
     report_dir = study_dir / "report"

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from analysis.scaling.laws import AXIS_PARAMS, FitResult
+from analysis.scaling.laws import AXIS_PARAMS, EXPONENT_BOUNDS, FitResult
 
 
 def quality(res: FitResult) -> dict:
@@ -21,7 +21,8 @@ def quality(res: FitResult) -> dict:
 
     The verdict is "poor" when the law explains little (R^2 < 0.5), when an
     F-test against a constant finds no trend (p > 0.05), or when an exponent sits
-    at 0 (the metric does not fall along that axis); "fair" when R^2 < 0.9 or an
+    at 0 (the metric does not fall along that axis) or at its upper bound (a
+    step, not a power law); "fair" when R^2 < 0.9 or an
     exponent's interval reaches 0; "unverified" with as many runs as parameters
     (the curve passes through every point); else "good".
     """
@@ -65,6 +66,15 @@ def quality(res: FitResult) -> dict:
         if r2 is not None and r2 < 0.5:
             reasons.append(f"the law explains little of the variation (R^2 = {r2:.2f} in log)")
         reasons += flat_reasons
+        # An exponent at the optimiser's upper bound is not measured: the data
+        # want a step, not a power law, along that axis (e.g. no trend but one
+        # outlier), and its value is the bound's, not the data's.
+        reasons += [
+            f"{e} = {params[e]:.3g} sits at its bound ({EXPONENT_BOUNDS[1]:g}): not a power "
+            f"law along {_axis_of(e)}"
+            for e in res.law.exponent_names
+            if params[e] >= EXPONENT_BOUNDS[1] - 1e-3
+        ]
         verdict = "poor" if reasons else "good"
         if not reasons:
             if r2 is not None and r2 < 0.9:

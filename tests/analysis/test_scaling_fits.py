@@ -227,3 +227,19 @@ def test_200_runs_1000_resamples_under_a_minute():
     assert len(res.theta_boot) == 1000
     assert elapsed < 60, elapsed
     assert math.isfinite(res.params["alpha"])
+
+
+def test_an_exponent_at_its_upper_bound_is_not_rated_good():
+    """A step (one high point, then flat) drives alpha to the optimiser's bound;
+    the verdict must not call that a measured power law."""
+    from analysis.scaling.quality import quality
+
+    n = np.array([1e4, 2e4, 4e4, 8e4, 1.6e5, 3.2e5])
+    y = np.array([0.3, 0.1, 0.1, 0.1, 0.1, 0.1]) * (1 + 0.001 * np.arange(6))
+    res = fit_law({"N": n}, y, Law.parse("N"), num_bootstrap=0)
+    q = quality(res)
+    assert res.params["alpha"] == pytest.approx(6.0)
+    assert q["verdict"] == "poor" and q["reasons"] == [
+        "alpha = 6 sits at its bound (6): not a power law along N"]
+    smooth = fit_law({"N": n}, 2.0 * n ** -0.3 + 0.01, Law.parse("N"), num_bootstrap=0)
+    assert not any("at its bound" in r for r in quality(smooth)["reasons"])
