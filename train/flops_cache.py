@@ -21,8 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from data_pipelines.atomic import write_json
-from train.models.count_cache import _code_and_versions, cache_dir
+from train.models.count_cache import cached_value, code_and_versions
 
 CACHE_FILE = "flops-per-atom.json"
 _DATA_CODE = Path(__file__).resolve().parents[1] / "data_pipelines"
@@ -61,31 +60,18 @@ def flops_key(model: Any, manifest: dict, batch: dict[str, Any]) -> str:
         "manifest_name": manifest.get("name"),
         "batch": batch,
         "data_code": _data_code(),
-        **_code_and_versions(),
+        **code_and_versions(),
     }
     text = json.dumps(material, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def cached_flops(key: str, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
     """The counts cached under ``key``, or ``measure()`` (then stored)."""
-    path = cache_dir() / CACHE_FILE
-    hit = _read(path).get(key)
-    if isinstance(hit, dict) and hit and all(isinstance(v, float) for v in hit.values()):
-        return hit
-    value = {k: float(v) for k, v in measure().items()}
-    merged = {**_read(path), key: value}  # another process may have added entries
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, merged, indent=None)
-    except OSError:
-        pass  # a read-only home still gets correct counts, just not faster ones
-    return value
+    return cached_value(
+        CACHE_FILE,
+        key,
+        lambda: {k: float(v) for k, v in measure().items()},
+        lambda hit: isinstance(hit, dict) and bool(hit)
+        and all(isinstance(v, float) for v in hit.values()),
+    )

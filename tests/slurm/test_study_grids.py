@@ -43,9 +43,13 @@ def test_grids_are_a_union_of_products_with_their_own_overrides(root, tmp_path):
     assert all("data.fraction=1.0" in r.overrides for r in runs)  # the shared axis
 
 
-def test_tune_at_may_name_an_axis_of_any_grid(root, tmp_path):
-    study = StudyConfig(name="g", grids=[{"model": ["mace"], "size": ["tiny"]}],
-                        tune={"optim.lr": [1e-3, 1e-2]}, tune_at={"seed": 0})
+def test_tune_at_names_an_axis_of_some_grid(root, tmp_path):
+    grids = [{"model": ["pet-direct"], "size": ["w8"]}, {"model": ["mace"], "size": ["tiny"]}]
+    study = StudyConfig(name="g", grids=grids, tune={"optim.lr": [1e-3, 1e-2]},
+                        tune_at={"size": "tiny"})  # an axis value of the second grid only
+    names = [r.name for r in expand(study, tmp_path, root, [])]
+    assert names[-2:] == ["mace_tiny_lr0.001", "mace_tiny_lr0.01"]  # tuned at its point
+    study.tune_at = {"seed": 0}
     with pytest.raises(ValueError, match="not axes"):
         expand(study, tmp_path, root, [])
 

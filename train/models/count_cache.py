@@ -38,7 +38,7 @@ def cache_dir() -> Path:
 
 
 @cache
-def _code_and_versions() -> dict[str, str]:
+def code_and_versions() -> dict[str, str]:
     """Hash of the model code and the versions of the libraries it builds on."""
     h = hashlib.sha256()
     for path in sorted(_MODELS_DIR.glob("*.py")):
@@ -59,13 +59,13 @@ def count_key(family: str, preset: dict[str, Any], overrides: dict[str, Any]) ->
         "family": family,
         "preset": preset,
         "overrides": {k: v for k, v in overrides.items() if v is not None},
-        **_code_and_versions(),
+        **code_and_versions(),
     }
     text = json.dumps(material, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _read(path: Path) -> dict[str, int]:
+def _read(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -73,18 +73,27 @@ def _read(path: Path) -> dict[str, int]:
     return data if isinstance(data, dict) else {}
 
 
-def cached_count(key: str, compute: Callable[[], int]) -> int:
-    """The cached count under `key`, or `compute()` (then stored)."""
-    path = cache_dir() / CACHE_FILE
-    counts = _read(path)
-    if isinstance(counts.get(key), int):
-        return counts[key]
-    value = int(compute())
-    # Re-read: another process may have added counts meanwhile; merge, do not clobber.
-    counts = {**_read(path), key: value}
+def cached_value(
+    file: str, key: str, compute: Callable[[], Any], valid: Callable[[Any], bool]
+) -> Any:
+    """The value under `key` in the cache file `file` if `valid` accepts it, else
+    `compute()` (then stored). Another process may add entries meanwhile: the
+    file is re-read and merged before writing, never clobbered."""
+    path = cache_dir() / file
+    hit = _read(path).get(key)
+    if valid(hit):
+        return hit
+    value = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, counts, indent=None)
+        write_json(path, {**_read(path), key: value}, indent=None)
     except OSError:
-        pass  # a read-only home still gets correct counts, just not faster ones
+        pass  # a read-only home still gets correct values, just not faster ones
     return value
+
+
+def cached_count(key: str, compute: Callable[[], int]) -> int:
+    """The cached count under `key`, or `compute()` (then stored)."""
+    return cached_value(
+        CACHE_FILE, key, lambda: int(compute()), lambda v: isinstance(v, int)
+    )
