@@ -13,6 +13,37 @@ from data_pipelines import schema as K
 from data_pipelines.graph import structure_edges
 from data_pipelines.schema import Structure
 
+# Batch key a multi-head model reads (not written by collate: the head is a
+# property of the data source, set by train.build / the calculator).
+HEAD = "head"  # (num_structures,) int64: index into the model's heads (model.knobs.heads)
+
+
+def with_head(batch: dict, head: int) -> dict:
+    """``batch`` with every structure labelled with head index ``head``."""
+    batch[HEAD] = torch.full((len(batch[K.NUM_ATOMS]),), int(head), dtype=torch.int64)
+    return batch
+
+
+class HeadLabelled:
+    """A loader whose batches carry one head index (``HEAD``) for every structure.
+
+    Everything else (``reset``, ``state_dict``, ``set_epoch``, ``state``, ...) is
+    the wrapped loader's.
+    """
+
+    def __init__(self, loader, head: int):
+        self.loader = loader
+        self.head = int(head)
+
+    def __getattr__(self, name: str):
+        if name == "loader":  # not yet set (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.loader:
+            yield with_head(batch, self.head)
+
 
 @dataclass
 class Graph:

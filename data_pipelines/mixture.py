@@ -3,7 +3,7 @@
     mix = MixtureLoader([MixtureSource(cfg_a, 0.7), MixtureSource(cfg_b, 0.3)],
                         rank=rank, world_size=world_size, seed=seed)
     for batch in mix:          # endless: the trainer stops at its step budget
-        batch["source"], batch["source_epoch"]
+        batch["source"], batch["source_epoch"], batch["head"]
     mix.seen                   # batches, structures, atoms per source (this rank)
     mix.state_dict(); mix.load_state_dict(sd)   # exact resume mid-mixture
 
@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from data_pipelines import schema as K
+from data_pipelines.batching import with_head
 from data_pipelines.loader import LoaderConfig, StreamingLoader
 
 # Batch keys the mixture adds (plain ints, not tensors).
@@ -51,11 +52,14 @@ class MixtureSource:
         cfg: its loader settings (root, split, budgets, seed, workers, ...).
         weight: its share of batches (weights are normalised; 0 never draws it).
         name: how errors and the state name it (default: the root).
+        head: index of the model head its structures train (batch key "head",
+            data_pipelines.batching.HEAD); 0 for a single-head model.
     """
 
     cfg: LoaderConfig
     weight: float
     name: str | None = None
+    head: int = 0
 
 
 def _phase(seed: int) -> int:
@@ -163,6 +167,7 @@ class MixtureLoader:
                 batch = self._next(i, its)
                 batch[SOURCE] = i
                 batch[SOURCE_EPOCH] = self.loaders[i].state.epoch
+                with_head(batch, self.sources[i].head)
                 seen = self.seen[i]
                 seen["batches"] += 1
                 seen["structures"] += len(batch[K.IDS])

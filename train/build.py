@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
+from data_pipelines.batching import HeadLabelled
 from data_pipelines.dataset import Dataset
 from data_pipelines.loader import LoaderConfig, StreamingLoader
 from data_pipelines.subsets import subset_threshold
@@ -18,16 +21,22 @@ from train.dist import DistInfo
 from train.models import AtomisticModel, build_model
 
 
+def _by_z(refs: dict) -> dict[int, float]:
+    return {int(z): float(e) for z, e in (refs or {}).items()}
+
+
 def make_model(cfg: TrainConfig, stats: dict) -> AtomisticModel:
-    """The configured model with the dataset's composition baseline and energy scale.
+    """The configured model with the dataset's composition baseline and energy scale
+    (with heads: each head's baseline from its own sources,
+    ``stats["element_reference_energies_by_head"]``).
 
     Raises:
         ConfigError: an unknown family, size or knob (naming the closest valid one).
     """
-    baseline = {int(z): e for z, e in stats.get("element_reference_energies_by_z", {}).items()}
+    baseline = _by_z(stats.get("element_reference_energies_by_z"))
     scale = stats.get("force_rms") or stats.get("residual_energy_per_atom_rms") or 1.0
     try:
-        return build_model(
+        model = build_model(
             cfg.model.family,
             cfg.model.size,
             cfg.model.forces,
@@ -37,17 +46,98 @@ def make_model(cfg: TrainConfig, stats: dict) -> AtomisticModel:
         )
     except (KeyError, ValueError) as err:
         raise ConfigError(str(err).strip("'\"")) from None
+    by_head = stats.get("element_reference_energies_by_head")
+    if model.head_names and by_head is not None:  # a head without data keeps zeros
+        for head in model.head_names:
+            model.set_composition_baseline(_by_z(by_head.get(head)), head=head)
+    model.data_statistics = stats  # what init_weights compares a parent's baselines with
+    return model
 
 
-def init_weights(model: AtomisticModel, source: str) -> None:
-    """Starts ``model`` from another run's weights (``trainer.init_from``)."""
+STATISTICS = ("composition_baseline", "energy_scale")  # buffers a fine-tune keeps
+
+
+def init_weights(model: AtomisticModel, source: str, stats: dict | None = None) -> dict:
+    """Starts ``model`` from another run's weights (``trainer.init_from``),
+    composition baselines and energy scale included.
+
+    The parent's statistics are kept, never replaced by this run's data's: a
+    fine-tune starts at the parent's error, not at a jump (fairchem #1486).
+    Only an element the parent has no reference for (baseline exactly 0) takes
+    this data's reference.
+
+    Args:
+        stats: this run's data statistics (for the elements the parent lacks,
+            and for the report of how far the two baselines differ); default:
+            the ones ``make_model`` built the model with.
+
+    Returns:
+        What was kept: ``{"from", "filled_elements", "max_baseline_difference_eV",
+        "energy_scale"}`` (the model card and summary record it).
+
+    Raises:
+        ConfigError: weights that do not fit (another family, size or set of heads).
+    """
     weights = checkpoint.load_weights(source)
+    own = model.state_dict()
+    misfit = [
+        f"{k} {tuple(v.shape)} there, {tuple(own[k].shape)} here"
+        for k, v in weights.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if misfit:
+        heads = ", ".join(model.head_names) or "one head"
+        raise ConfigError(
+            f"trainer.init_from={source}: weights do not fit this model ({'; '.join(misfit[:3])})"
+            f"; this model: {model.family} with heads {heads}. Fine-tune with the "
+            "parent's model, size and model.knobs.heads"
+        )
     result = model.load_state_dict(weights, strict=False)
     if result.unexpected_keys:
         raise ConfigError(
             f"trainer.init_from={source}: weights do not fit "
             f"this model (unexpected {result.unexpected_keys[:5]})"
         )
+    lacking = [k for k in STATISTICS if k not in weights]
+    if lacking:
+        print(f"note: trainer.init_from={source} holds no {', '.join(lacking)}: this data's "
+              "statistics are used instead", flush=True)
+    return _keep_parent_statistics(model, source, stats or getattr(model, "data_statistics", {}))
+
+
+def _keep_parent_statistics(model: AtomisticModel, source: str, stats: dict) -> dict:
+    """Fills the elements the parent has no reference for; measures how far its
+    baselines are from this data's."""
+    heads = model.head_names or (None,)
+    by_head = stats.get("element_reference_energies_by_head") or {}
+    filled, worst = [], 0.0
+    with torch.no_grad():
+        for k, head in enumerate(heads):
+            refs = _by_z(by_head.get(head) if head is not None and head in by_head
+                         else stats.get("element_reference_energies_by_z"))
+            row = model.composition_baseline[k] if model.head_names else model.composition_baseline
+            for z, e in refs.items():
+                if float(row[z]) == 0.0 and e != 0.0:
+                    row[z] = e
+                    filled.append(f"{head}:{z}" if head else str(z))
+                else:
+                    worst = max(worst, abs(float(row[z]) - e))
+    record = {
+        "from": str(source),
+        "heads": list(model.head_names),
+        "filled_elements": filled,
+        "max_baseline_difference_eV": worst,
+        "energy_scale": float(model.energy_scale),
+    }
+    print(
+        f"fine-tune from {source}: its composition baseline and energy scale are kept "
+        f"(up to {worst:.4g} eV/atom from this data's references"
+        + (f"; elements it lacked, from this data: {', '.join(filled)}" if filled else "")
+        + ")",
+        flush=True,
+    )
+    model.statistics_origin = record  # train.export puts it on the model card
+    return record
 
 
 def loader_config(cfg: TrainConfig, data: Dataset, split: str, cutoff: float, **kw) -> LoaderConfig:
@@ -169,12 +259,47 @@ def default_augment(cfg: TrainConfig) -> bool:
     return cfg.trainer.augment if cfg.trainer.augment is not None else cfg.model.family == "pet"
 
 
+def model_heads(cfg: TrainConfig) -> tuple[str, ...]:
+    """The heads the config asks for (``model.knobs.heads``; empty: one head)."""
+    heads = dict(cfg.model.knobs).get("heads") or ()
+    return (heads,) if isinstance(heads, str) else tuple(str(h) for h in heads)
+
+
+def head_of(cfg: TrainConfig, name: str, level: str | None, explicit: str | None) -> int:
+    """The head index of a source: its ``head:`` entry, else its level of theory.
+
+    Raises:
+        ConfigError: a head that is not one of ``model.knobs.heads``.
+    """
+    heads = model_heads(cfg)
+    if not heads:
+        if explicit is not None:
+            raise ConfigError(
+                f"data source {name} names head {explicit!r}, but the model has one head: "
+                f"set model.knobs.heads=[...] to train a head per level of theory"
+            )
+        return 0
+    label = explicit if explicit is not None else level
+    if label not in heads:
+        how = (f"its 'head: {explicit}'" if explicit is not None
+               else f"its level of theory {level!r}")
+        raise ConfigError(
+            f"data source {name}: {how} is not one of model.knobs.heads "
+            f"({', '.join(heads)}); name its head with head: NAME in its data.sources entry"
+        )
+    return heads.index(label)
+
+
 def open_sources(cfg: TrainConfig) -> list[tuple[str, Dataset, float]]:
     """(name, dataset, weight) of every source of a mixture, levels of theory checked.
 
+    Sources of different levels of theory need a head each (``model.knobs.heads``,
+    a source goes to the head named by its ``head:`` entry or its level of
+    theory), or ``data.mix_levels_of_theory=true`` (one head, on purpose).
+
     Raises:
-        ConfigError: sources of different levels of theory without
-            ``data.mix_levels_of_theory=true``, or a source without training data.
+        ConfigError: mixed levels of theory without heads or the flag, a source
+            whose head is not a model head, or a source without training data.
     """
     from data_pipelines.dataset import open_dataset
 
@@ -187,35 +312,69 @@ def open_sources(cfg: TrainConfig) -> list[tuple[str, Dataset, float]]:
             raise ConfigError(str(err)) from None
         out.append((str(src.get("name") or src["root"]), data, float(src.get("weight", 1.0))))
     levels = {name: d.manifest.get("level_of_theory") for name, d, _ in out}
-    if len(set(levels.values())) > 1 and not cfg.data.mix_levels_of_theory:
+    source_heads(cfg, out)  # every source has a head of the model
+    # with heads, a source's head comes from its level or is named on purpose
+    if not model_heads(cfg) and len(set(levels.values())) > 1 and not cfg.data.mix_levels_of_theory:
         listed = ", ".join(f"{n}: {lot!r}" for n, lot in levels.items())
         raise ConfigError(
             f"data.sources mix levels of theory ({listed}); energies of different levels "
-            "cannot share one energy head. Set data.mix_levels_of_theory=true if they are "
-            "compatible on purpose"
+            "cannot share one energy head. Give the model a head per level of theory "
+            "(model.knobs.heads=[...], each source goes to the head named by its level of "
+            "theory or by head: NAME in its entry), or set data.mix_levels_of_theory=true if "
+            "they are compatible on purpose"
         )
     return out
 
 
-def mixed_stats(sources: list[tuple[str, Dataset, float]]) -> dict:
+def source_heads(cfg: TrainConfig, sources: list[tuple[str, Dataset, float]]) -> list[int]:
+    """The head index of each source (all 0 for a model with one head)."""
+    entries = {str(src.get("name") or src["root"]): src for src in cfg.data.sources}
+    return [
+        head_of(cfg, name, data.manifest.get("level_of_theory"),
+                None if entries.get(name, {}).get("head") is None
+                else str(entries[name]["head"]))
+        for name, data, _ in sources
+    ]
+
+
+def mixed_stats(sources: list[tuple[str, Dataset, float]], heads: list[int] | None = None,
+                head_names: tuple[str, ...] = ()) -> dict:
     """Statistics for a model trained on a mixture: per element, the weighted mean
     of the sources' reference energies (over the sources holding it); scales as
     weighted means. Exact when the sources share a level of theory and their
-    references agree; the per-source values are kept under ``sources``."""
+    references agree; the per-source values are kept under ``sources``.
+
+    With heads (``heads``: each source's head index, ``head_names``), each head's
+    references are the weighted mean over its own sources only
+    (``element_reference_energies_by_head``); ``element_reference_energies_by_z``
+    is then the first head's."""
     total = sum(w for _, _, w in sources) or 1.0
-    refs: dict[str, list[tuple[float, float]]] = {}
+    heads = heads or [0] * len(sources)
+    refs: dict[int, dict[str, list[tuple[float, float]]]] = {}
     out: dict = {"sources": {}}
-    for name, data, weight in sources:
+    for (name, data, weight), head in zip(sources, heads):
         stats = data.stats
         out["sources"][name] = {
             k: stats.get(k) for k in ("element_reference_energies_by_z", "force_rms")
         }
+        out["sources"][name]["level_of_theory"] = data.manifest.get("level_of_theory")
+        if head_names:
+            out["sources"][name]["head"] = head_names[head]
         for z, e in stats.get("element_reference_energies_by_z", {}).items():
-            refs.setdefault(str(z), []).append((weight, float(e)))
-    out["element_reference_energies_by_z"] = {
-        z: sum(w * e for w, e in pairs) / (sum(w for w, _ in pairs) or 1.0)
-        for z, pairs in refs.items()
+            refs.setdefault(head, {}).setdefault(str(z), []).append((weight, float(e)))
+    by_head = {
+        head: {
+            z: sum(w * e for w, e in pairs) / (sum(w for w, _ in pairs) or 1.0)
+            for z, pairs in per_z.items()
+        }
+        for head, per_z in refs.items()
     }
+    out["element_reference_energies_by_z"] = by_head.get(0, {})
+    if head_names:
+        out["heads"] = list(head_names)
+        out["element_reference_energies_by_head"] = {
+            head_names[h]: by_head.get(h, {}) for h in range(len(head_names))
+        }
     for key in ("force_rms", "residual_energy_per_atom_rms", "mean_num_neighbours"):
         values = [(w, d.stats.get(key)) for _, d, w in sources if d.stats.get(key)]
         if values:
@@ -231,27 +390,32 @@ def build_mixture(
     validation split (name -> loader)."""
     from data_pipelines.mixture import MixtureLoader, MixtureSource
 
+    heads = source_heads(cfg, sources)
     train = MixtureLoader(
         [
             MixtureSource(
                 train_config(cfg, data, cutoff),
                 weight,
                 name=name,
+                head=head,
             )
-            for name, data, weight in sources
+            for (name, data, weight), head in zip(sources, heads)
         ],
         rank=info.rank,
         world_size=info.world_size,
         seed=cfg.seed,
     )
     vals = {}
-    for name, data, _ in sources:
+    for (name, data, _), head in zip(sources, heads):
         split = data.manifest["splits"].get(cfg.data.val_split)
         if split and split["num_structures"] > 0:
-            vals[name] = StreamingLoader(
-                loader_config(cfg, data, cfg.data.val_split, cutoff, shuffle=False),
-                rank=info.rank,
-                world_size=info.world_size,
+            vals[name] = HeadLabelled(
+                StreamingLoader(
+                    loader_config(cfg, data, cfg.data.val_split, cutoff, shuffle=False),
+                    rank=info.rank,
+                    world_size=info.world_size,
+                ),
+                head,
             )
     return train, vals
 
@@ -268,6 +432,7 @@ class DataSetup:
         subset: the nested subset (``subset_threshold``'s result) or None.
         sources: (name, dataset, weight) of a mixture; empty for one root.
         block: the ``data`` block of summary.json.
+        heads: the head index of each source (of the root: one entry).
     """
 
     reference: Dataset
@@ -278,6 +443,7 @@ class DataSetup:
     subset: dict | None = None
     sources: list[tuple[str, Dataset, float]] = field(default_factory=list)
     block: dict = field(default_factory=dict)
+    heads: list[int] = field(default_factory=list)
 
 
 def open_data(cfg: TrainConfig) -> DataSetup:
@@ -292,7 +458,8 @@ def open_data(cfg: TrainConfig) -> DataSetup:
     if cfg.data.sources:
         sources = open_sources(cfg)
         splits = [d.manifest["splits"][cfg.data.train_split] for _, d, _ in sources]
-        stats = mixed_stats(sources)
+        heads = source_heads(cfg, sources)
+        stats = mixed_stats(sources, heads, model_heads(cfg))
         total = sum(w for _, _, w in sources) or 1.0
         return DataSetup(
             reference=sources[0][1],
@@ -309,10 +476,12 @@ def open_data(cfg: TrainConfig) -> DataSetup:
                         "weight": w / total,
                         "level_of_theory": d.manifest.get("level_of_theory"),
                         "num_train_structures": s["num_structures"],
+                        **({"head": model_heads(cfg)[h]} if model_heads(cfg) else {}),
                     }
-                    for (n, d, w), s in zip(sources, splits)
+                    for (n, d, w), s, h in zip(sources, splits, heads)
                 ],
             },
+            heads=heads,
         )
     data = open_dataset(cfg.data.root)
     try:
@@ -323,9 +492,15 @@ def open_data(cfg: TrainConfig) -> DataSetup:
     if cfg.data.fraction < 1.0:
         subset = subset_of(data, cfg.data.train_split, cfg.data.fraction, cfg.data.fraction_unit)
     split = subset or data.manifest["splits"][cfg.data.train_split]
+    stats = data.stats
+    head = head_of(cfg, cfg.data.root, data.manifest.get("level_of_theory"), None)
+    if model_heads(cfg):  # one root trains one head: the others keep zero references
+        refs = stats.get("element_reference_energies_by_z", {})
+        stats = {**stats, "heads": list(model_heads(cfg)),
+                 "element_reference_energies_by_head": {model_heads(cfg)[head]: refs}}
     return DataSetup(
         reference=data,
-        stats=data.stats,
+        stats=stats,
         elements=list(data.manifest["elements"]),
         num_structures=split["num_structures"],
         num_atoms=split["num_atoms"],
@@ -337,7 +512,9 @@ def open_data(cfg: TrainConfig) -> DataSetup:
             "num_train_atoms": split["num_atoms"],
             "data_fraction": cfg.data.fraction,
             "fraction_unit": cfg.data.fraction_unit,
+            **({"head": model_heads(cfg)[head]} if model_heads(cfg) else {}),
         },
+        heads=[head],
     )
 
 
@@ -349,4 +526,8 @@ def loaders(cfg: TrainConfig, setup: DataSetup, cutoff: float, info: DistInfo):
     train, val = build_loaders(
         cfg, setup.reference, setup.reference.manifest, setup.subset, cutoff, info
     )
+    if model_heads(cfg):  # every batch names its head (the root's)
+        head = setup.heads[0] if setup.heads else 0
+        train = HeadLabelled(train, head)
+        val = HeadLabelled(val, head) if val is not None else None
     return train, val, {}

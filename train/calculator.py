@@ -2,6 +2,7 @@
 
 calc = load_calculator("runs/x/model.pt", forces="direct", rotational_average=3)
 atoms.calc = calc; atoms.get_forces()
+calc = load_calculator("runs/x/model.pt", head="r2SCAN")   # a model with heads
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers
 
 from data_pipelines import schema as K
-from data_pipelines.batching import Graph, collate, make_graph
+from data_pipelines.batching import Graph, collate, make_graph, with_head
 from data_pipelines.schema import Structure
 from train.models.base import DIRECT_FORCES, DIRECT_STRESS
 
@@ -55,6 +56,11 @@ class ModelCalculator(Calculator):
             a GPU, where bigger batches fill the device; 256 on a CPU, where a
             forward pass costs the same per atom at any size until its tensors
             leave the cache, and more per atom beyond (measured in BENCHMARKS.md).
+        head: the energy head of a model with heads per level of theory
+            (model.knobs.heads); None: the first. A model without heads takes none.
+
+    Raises:
+        ValueError: an unknown head, naming the model's heads.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -65,9 +71,12 @@ class ModelCalculator(Calculator):
         elements: list[str],
         forces: str = "conservative",
         max_atoms: int | None = None,
+        head: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.head_index = model.head_index(head)
+        self.head = head if head is not None else (model.head_names or (None,))[0]
         self.model = model
         model.cache_isolated = True  # fixed weights: isolated-atom energies once
         self.forces_mode = forces
@@ -111,6 +120,8 @@ class ModelCalculator(Calculator):
                 atoms += len(structures[start + len(chunk)])
                 chunk.append(structures[start + len(chunk)])
             batch = collate(graphs[start : start + len(chunk)], dtype=self.dtype)
+            if self.model.head_names:
+                with_head(batch, self.head_index)
             batch = {
                 k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
             }
@@ -149,6 +160,7 @@ def load_calculator(
     dtype: torch.dtype | None = None,
     symprec: float = 1e-5,
     max_atoms: int | None = None,
+    head: str | None = None,
 ) -> Calculator:
     """An ASE calculator for an exported model, optionally corrected.
 
@@ -161,13 +173,17 @@ def load_calculator(
         space_group: project energy, forces and stress onto the crystal's symmetry.
         max_atoms: atoms per forward pass for batched evaluation (see
             :class:`ModelCalculator`; None picks by device).
+        head: the energy head of a model with heads (None: the first); an unknown
+            one fails naming the model's heads.
     """
     from train.corrections import RotationalAverage, SpaceGroupProjection
     from train.export import load_model
 
     model, payload = load_model(model_file, forces=forces, device=device, dtype=dtype)
     mode = forces or ("direct" if payload["forces"] == "direct" else "conservative")
-    calc: Calculator = ModelCalculator(model, payload["elements"], forces=mode, max_atoms=max_atoms)
+    calc: Calculator = ModelCalculator(
+        model, payload["elements"], forces=mode, max_atoms=max_atoms, head=head
+    )
     if rotational_average is not None:
         base = calc
 

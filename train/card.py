@@ -83,6 +83,20 @@ def _training_data(root: str | None, fraction: float) -> dict:
     return out
 
 
+def model_baselines(model) -> dict[str, dict[int, float]]:
+    """The composition baseline a model computes with, per head ("" for a model
+    with one head): {head: {atomic number: eV per atom}}, non-zero entries."""
+    import torch
+
+    table = model.composition_baseline.detach().double().cpu()
+    rows = table if model.head_names else table[None]
+    names = model.head_names or ("",)
+    return {
+        name: {int(z): float(row[z]) for z in torch.nonzero(row).flatten().tolist()}
+        for name, row in zip(names, rows)
+    }
+
+
 def build_card(
     model, cfg, stats: dict, run_dir: str | Path | None = None, metrics: dict | None = None
 ) -> dict[str, Any]:
@@ -118,6 +132,13 @@ def build_card(
         "units": UNITS,
         "model_config": json.loads(json.dumps(description, default=str)),
         "training_data": _training_data(cfg.data.root, cfg.data.fraction),
+        # per head and per source: what the energies are measured against
+        "heads": list(model.head_names),
+        "baselines": {k: {str(z): e for z, e in v.items()}
+                      for k, v in model_baselines(model).items()},
+        "energy_scale": float(model.energy_scale),
+        "sources": json.loads(json.dumps(stats.get("sources") or {}, default=str)),
+        "statistics_origin": getattr(model, "statistics_origin", None),
         "validation": _validation(run, metrics),
         "git": git,
         "run_dir": str(run) if run is not None else None,
@@ -187,6 +208,16 @@ def format_card(card: dict, with_config: bool = True) -> str:
         f"  data         {data.get('name')} at {data.get('root')} (fraction {data.get('fraction')})"
         + (f"; {splits}" if splits else ""),
         f"  theory       {data.get('level_of_theory') or 'not recorded'}",
+    ]
+    if card.get("heads"):
+        lines.append(f"  heads        {', '.join(card['heads'])}")
+    for name, src in (card.get("sources") or {}).items():
+        lines.append(f"  source       {name}: {src.get('level_of_theory') or '?'}"
+                     + (f" -> head {src['head']}" if src.get("head") else ""))
+    origin = card.get("statistics_origin")
+    if origin:
+        lines.append(f"  baselines    kept from {origin.get('from')} (fine-tune)")
+    lines += [
         f"  validation   {_metrics_line(valid.get('metrics', {}))}"
         + (f" [{valid['source']}, step {valid.get('step')}]" if valid.get("source") else ""),
         f"  commit       {git.get('commit') or 'unknown'}{dirty}",

@@ -22,7 +22,7 @@ import torch
 
 from data_pipelines.atomic import atomic_write
 from train.dist import barrier
-from train.serialization import safe_load
+from train.serialization import deepspeed_globals, safe_load
 
 # 2: RNG states as tensors and plain values (weights_only loading), and the
 # run's identity (train.resume) in meta.json. Format 1 still loads.
@@ -171,7 +171,12 @@ START_OVER = (
 
 def load_weights(source: str | Path) -> dict:
     """Model weights from a run dir (its latest checkpoint or model.pt) or a file,
-    for starting a new run from another (e.g. stage 2 from stage 1)."""
+    for starting a new run from another (e.g. stage 2 from stage 1).
+
+    From a checkpoint: the EMA weights (what the parent validated and exported)
+    and the model's buffers (composition baseline, energy scale) from the
+    engine's model state, so a fine-tune starts from the parent's statistics,
+    not from ones recomputed on its own data."""
     source = Path(source)
     if source.is_file():
         sd = safe_load(source, "model file or checkpoint")
@@ -182,4 +187,21 @@ def load_weights(source: str | Path) -> dict:
     if not ckpts:
         raise FileNotFoundError(f"no complete checkpoint under {source}")
     state = safe_load(ckpts[-1] / "trainer_rank0.pt", "checkpoint (trainer state)")
-    return state["ema"]["shadow"] if "ema" in state else state["model"]
+    if "ema" not in state:
+        return state["model"]
+    weights = dict(state["ema"]["shadow"])
+    for name, value in engine_model_state(ckpts[-1]).items():
+        weights.setdefault(name, value)  # buffers: the EMA holds parameters only
+    return weights
+
+
+def engine_model_state(path: Path) -> dict:
+    """The model state dict an engine saved in checkpoint folder ``path`` (torch
+    engine: engine.pt; DeepSpeed: *model_states.pt); empty when neither is there."""
+    path = Path(path)
+    if (path / "engine.pt").exists():
+        return safe_load(path / "engine.pt", "checkpoint (engine state)").get("model", {})
+    for file in sorted(path.glob("*model_states.pt")):
+        sd = safe_load(file, "DeepSpeed checkpoint file", "cpu", allow=deepspeed_globals())
+        return sd.get("module", {})
+    return {}

@@ -123,13 +123,17 @@ class ErrorSums:
 def trivial_sums(batches, baseline: torch.Tensor) -> ErrorSums:
     """Error sums of the trivial predictors, the floor a learned model must clear:
     the composition baseline for energy (``baseline``: eV per atom, indexed by
-    atomic number), zero forces and zero stress."""
+    atomic number; (num_heads, 119) with heads, by each structure's "head"),
+    zero forces and zero stress."""
     baseline = baseline.detach().double().cpu()
     sums = ErrorSums()
     for batch in batches:
         num = len(batch[K.NUM_ATOMS])
         energy = torch.zeros(num, dtype=torch.float64)
-        energy.index_add_(0, batch[K.BATCH], baseline[batch[K.SPECIES]])
+        table = baseline if baseline.ndim == 1 else baseline[batch["head"][batch[K.BATCH]]]
+        per_atom = table[batch[K.SPECIES]] if baseline.ndim == 1 else table.gather(
+            1, batch[K.SPECIES][:, None]).squeeze(1)
+        energy.index_add_(0, batch[K.BATCH], per_atom)
         out = {
             K.ENERGY: energy,
             K.FORCES: torch.zeros_like(batch[K.POSITIONS], dtype=torch.float64),

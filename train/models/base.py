@@ -6,6 +6,17 @@ the common outputs: it builds differentiable geometry, subtracts the energy of
 each atom alone (so an isolated atom returns exactly its composition baseline),
 adds the per-element composition baseline, takes gradient forces and stress,
 and counts parameters and FLOPs.
+
+Heads per level of theory (``heads`` knob of a family's config, e.g.
+``("PBE", "r2SCAN")``): each structure names its head by an index in the
+batch (``data_pipelines.batching.HEAD``; absent: the first head). Each head
+has its own energy readout on the shared representation (the family's
+business: it returns one energy column per head) and its own per-element
+composition baseline (``composition_baseline`` is then (num_heads, 119)).
+The energy scale and the direct force and stress outputs are shared by all
+heads: forces are differences of energies, and the levels of theory a model
+mixes agree on them far better than on total energies. Without the knob a
+model has one head and exactly the buffers and outputs it always had.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from data_pipelines import schema as K
+from data_pipelines.batching import HEAD
 from train.models.geometry import ModelGraph, build_graph, gradient_outputs, periodic_volume
 
 ForcesMode = Literal["direct", "conservative", "both"]
@@ -29,6 +41,23 @@ NUM_ELEMENT_SLOTS = 119  # tables indexed directly by atomic number (0 unused)
 # Output keys (besides schema.ENERGY, FORCES, STRESS).
 DIRECT_FORCES = "direct_forces"  # (num_atoms, 3) eV/A, from the force head ("both" mode)
 DIRECT_STRESS = "direct_stress"  # (num_structures, 3, 3) eV/A^3, from the stress head
+
+
+def check_heads(heads) -> tuple[str, ...] | None:
+    """The ``heads`` knob as a tuple of distinct names (None or empty: one head).
+
+    Raises:
+        ValueError: a repeated or empty head name.
+    """
+    if not heads:
+        return None
+    if isinstance(heads, str):
+        heads = [heads]
+    names = tuple(str(h) for h in heads)
+    repeated = sorted({h for h in names if names.count(h) > 1})
+    if repeated or not all(names):
+        raise ValueError(f"model.knobs.heads must be distinct non-empty names, got {list(names)}")
+    return names
 
 
 class AtomOutputs(NamedTuple):
@@ -65,8 +94,11 @@ class AtomisticModel(nn.Module):
             )
         self.config = config
         self.forces = forces
-        # eV per atom by atomic number; set from dataset statistics.
-        self.register_buffer("composition_baseline", torch.zeros(NUM_ELEMENT_SLOTS))
+        self.head_names: tuple[str, ...] = tuple(getattr(config, "heads", None) or ())
+        # eV per atom by atomic number (one row per head with heads); set from
+        # dataset statistics.
+        shape = (len(self.head_names),) if self.head_names else ()
+        self.register_buffer("composition_baseline", torch.zeros(*shape, NUM_ELEMENT_SLOTS))
         # Multiplies the learned part (energies, direct forces and stresses) so the
         # network works with O(1) numbers; set from dataset statistics.
         self.register_buffer("energy_scale", torch.ones(()))
@@ -76,17 +108,79 @@ class AtomisticModel(nn.Module):
         """Neighbour-list radius the batches must be built with, Angstrom."""
         return float(self.config.cutoff)
 
-    def atom_outputs(self, graph: ModelGraph, direct: bool) -> AtomOutputs:
-        """Per-atom energies (and direct outputs when `direct`) of a graph."""
+    def atom_outputs(
+        self, graph: ModelGraph, direct: bool, head: Tensor | None = None
+    ) -> AtomOutputs:
+        """Per-atom energies (and direct outputs when `direct`) of a graph.
+
+        Args:
+            head: (num_structures,) int64 head index of each structure; given
+                only to a model with heads (each atom's energy is then its
+                structure's head's).
+        """
         raise NotImplementedError
+
+    # ---- heads --------------------------------------------------------------------
+
+    @property
+    def num_heads(self) -> int:
+        """Energy heads (1 for a model built without the ``heads`` knob)."""
+        return max(1, len(self.head_names))
+
+    def head_index(self, head: str | None) -> int:
+        """The index of head ``head`` (None: the first, or only, head).
+
+        Raises:
+            ValueError: an unknown head (naming the valid ones), or a head name
+                given to a model built without heads.
+        """
+        if head is None:
+            return 0
+        if not self.head_names:
+            raise ValueError(
+                f"this model has a single energy head (built without model.knobs.heads); "
+                f"head={head!r} cannot be chosen: leave head unset"
+            )
+        if head not in self.head_names:
+            raise ValueError(
+                f"unknown head {head!r}; this model's heads: {', '.join(self.head_names)}"
+            )
+        return self.head_names.index(head)
+
+    def single_head(self, head: str | None = None) -> AtomisticModel:
+        """A model without heads that computes exactly head ``head`` of this one
+        (its readout rows and baseline), for exports that know no heads; a model
+        without heads is returned as it is."""
+        index = self.head_index(head)
+        if not self.head_names:
+            return self
+        config = dataclasses.replace(self.config, heads=None)
+        one = type(self)(config, self.forces)
+        state = self.head_state(self.state_dict(), index)
+        state["composition_baseline"] = self.composition_baseline[index].clone()
+        one.load_state_dict(state)
+        for key in ("forces_requested",):
+            if hasattr(self, key):
+                setattr(one, key, getattr(self, key))
+        param = next(self.parameters())
+        return one.to(param.device, param.dtype).train(self.training)
+
+    def head_state(self, state: dict[str, Tensor], index: int) -> dict[str, Tensor]:
+        """``state`` (this model's) with only head ``index``'s readout rows: the
+        state of the same family built without heads."""
+        raise ValueError(f"model family '{self.family}' cannot export one head of several")
 
     # ---- statistics ---------------------------------------------------------------
 
-    def set_composition_baseline(self, baseline: dict[int, float] | Tensor | list) -> None:
+    def set_composition_baseline(
+        self, baseline: dict[int, float] | Tensor | list, head: str | None = None
+    ) -> None:
         """Sets the per-element reference energies (eV per atom).
 
         Args:
             baseline: {atomic number: eV}, or a sequence indexed by atomic number.
+            head: the head whose baseline this is (a model with heads); None sets
+                every head's.
         """
         values = torch.zeros(NUM_ELEMENT_SLOTS, dtype=torch.float64)
         if isinstance(baseline, dict):
@@ -102,7 +196,13 @@ class AtomisticModel(nn.Module):
                     f"{NUM_ELEMENT_SLOTS} (index = atomic number)"
                 )
             values[: given.numel()] = given
-        self.composition_baseline.copy_(values.to(self.composition_baseline))
+        if not self.head_names:
+            self.head_index(head)  # a head name here is an error: say so
+            self.composition_baseline.copy_(values.to(self.composition_baseline))
+        elif head is None:
+            self.composition_baseline[:] = values.to(self.composition_baseline)
+        else:
+            self.composition_baseline[self.head_index(head)] = values.to(self.composition_baseline)
 
     def set_energy_scale(self, scale: float) -> None:
         """Sets the scale of the learned energy (eV), e.g. the per-atom energy std."""
@@ -119,7 +219,9 @@ class AtomisticModel(nn.Module):
         # steps, load_state_dict and weight swaps (EMA), so a stale cache is impossible
         return tuple((p.data_ptr(), p._version) for p in self.parameters())
 
-    def _isolated_energies(self, species: Tensor, dtype: torch.dtype) -> Tensor:
+    def _isolated_energies(
+        self, species: Tensor, dtype: torch.dtype, head_atom: Tensor | None = None
+    ) -> Tensor:
         """(num_atoms,) learned energy each atom would have with no neighbours.
 
         With ``cache_isolated`` set (inference: `train.calculator` sets it) and in
@@ -128,18 +230,23 @@ class AtomisticModel(nn.Module):
         atoms at every call (6% of a 256-atom forward pass). Training never
         caches: sharded (ZeRO-3) parameters need not change storage or version.
         """
-        unique, inverse = torch.unique(species, return_inverse=True)
+        # with heads, one isolated atom per (element, head) pair: key = Z * H + head
+        codes = species if head_atom is None else species * self.num_heads + head_atom
+        unique, inverse = torch.unique(codes, return_inverse=True)
         if self.training or not getattr(self, "cache_isolated", False):
-            return self._isolated_values(unique, dtype)[inverse]
+            return self._isolated_values(unique, dtype, head_atom is not None)[inverse]
         key = (self._weights_key(), dtype, unique.device, tuple(unique.tolist()))
         cache = self.__dict__.setdefault("_isolated_cache", {})
         if key not in cache:
             cache.clear()
             with torch.no_grad():
-                cache[key] = self._isolated_values(unique, dtype).detach()
+                cache[key] = self._isolated_values(unique, dtype, head_atom is not None).detach()
         return cache[key][inverse]
 
-    def _isolated_values(self, unique: Tensor, dtype: torch.dtype) -> Tensor:
+    def _isolated_values(self, unique: Tensor, dtype: torch.dtype, heads: bool = False) -> Tensor:
+        head = None
+        if heads:
+            unique, head = unique // self.num_heads, unique % self.num_heads
         num = int(unique.shape[0])
         device = unique.device
         no_edges = torch.zeros(0, dtype=torch.int64, device=device)
@@ -154,7 +261,9 @@ class AtomisticModel(nn.Module):
             shift_vectors=torch.zeros(0, 3, dtype=dtype, device=device),
             vectors=torch.zeros(0, 3, dtype=dtype, device=device),
         )
-        return self.atom_outputs(alone, direct=False).energy
+        if head is None:
+            return self.atom_outputs(alone, direct=False).energy
+        return self.atom_outputs(alone, direct=False, head=head).energy
 
     def forward(self, batch: dict, compute_forces: bool = True) -> dict[str, Tensor]:
         """Energies, forces and stresses of a batch.
@@ -188,10 +297,19 @@ class AtomisticModel(nn.Module):
             device_type = batch[K.POSITIONS].device.type
             with torch.autocast(device_type, enabled=False):
                 graph, displacement = build_graph(batch, dtype, differentiable=gradient)
-            out = self.atom_outputs(graph, direct=direct)
-            learned = out.energy - self._isolated_energies(graph.species, dtype)
+            if self.head_names:
+                head = self._batch_heads(batch, graph.num_structures, graph.batch.device)
+                head_atom = head[graph.batch]
+                out = self.atom_outputs(graph, direct=direct, head=head)
+                isolated = self._isolated_energies(graph.species, dtype, head_atom)
+                reference = self.composition_baseline.to(dtype)[head_atom, graph.species]
+            else:
+                out = self.atom_outputs(graph, direct=direct)
+                isolated = self._isolated_energies(graph.species, dtype)
+                reference = self.composition_baseline.to(dtype)[graph.species]
+            learned = out.energy - isolated
             atom_energy = learned.to(dtype) * self.energy_scale.to(dtype)
-            atom_energy = atom_energy + self.composition_baseline.to(dtype)[graph.species]
+            atom_energy = atom_energy + reference
             energy = atom_energy.new_zeros(graph.num_structures).index_add(
                 0, graph.batch, atom_energy
             )
@@ -214,6 +332,24 @@ class AtomisticModel(nn.Module):
             else:
                 result[DIRECT_FORCES], result[DIRECT_STRESS] = forces, stress
         return result
+
+    def _batch_heads(self, batch: dict, num_structures: int, device) -> Tensor:
+        """(num_structures,) head index of each structure (absent: the first head)."""
+        head = batch.get(HEAD)
+        if head is None:
+            return torch.zeros(num_structures, dtype=torch.int64, device=device)
+        head = torch.as_tensor(head, dtype=torch.int64, device=device).reshape(-1)
+        if head.numel() != num_structures:
+            raise ValueError(
+                f"batch['{HEAD}'] has {head.numel()} entries for {num_structures} structures"
+            )
+        bad = (head < 0) | (head >= self.num_heads)
+        if bool(bad.any()):
+            raise ValueError(
+                f"batch['{HEAD}'] holds head indices {sorted(set(head[bad].tolist()))}; this "
+                f"model's heads are 0..{self.num_heads - 1} ({', '.join(self.head_names)})"
+            )
+        return head
 
     # ---- accounting ---------------------------------------------------------------
 

@@ -17,8 +17,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from train.models.base import NUM_ELEMENT_SLOTS, AtomisticModel, AtomOutputs, ForcesMode
+from train.models.base import (
+    NUM_ELEMENT_SLOTS,
+    AtomisticModel,
+    AtomOutputs,
+    ForcesMode,
+    check_heads,
+)
 from train.models.geometry import ModelGraph
 
 # mace must be imported before e3nn.o3 on torch >= 2.6: it registers what e3nn's
@@ -63,6 +70,9 @@ class MACEConfig:
             parity (-1)^l (128x0e+128x1o for MACE-MP-0 medium), mace-torch's
             standard; "even" makes every hidden irrep even (0e+1e+...), what this
             project built before 2026-12 (model files without the knob load so).
+        heads: names of the energy heads, one per level of theory; None: one head.
+            mace-torch's own multi-head readouts (one output per head in every
+            readout block, chosen by each structure's head).
     """
 
     channels: int = 128
@@ -80,8 +90,10 @@ class MACEConfig:
     interaction: str = "RealAgnosticResidualInteractionBlock"
     first_interaction: str | None = "RealAgnosticResidualInteractionBlock"
     parity: str = "alternating"
+    heads: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        self.heads = check_heads(self.heads)
         self.radial_mlp = tuple(int(w) for w in self.radial_mlp)
         self.elements = tuple(sorted(int(z) for z in self.elements))
         if not self.elements or not all(0 < z < NUM_ELEMENT_SLOTS for z in self.elements):
@@ -147,12 +159,15 @@ def build_mace_network(cfg: MACEConfig) -> torch.nn.Module:
             hidden_irreps=hidden,
             MLP_irreps=o3.Irreps(f"{cfg.readout_mlp}x0e"),
             # Zero: the composition baseline lives in the shared base class.
-            atomic_energies=np.zeros(len(cfg.elements)),
+            atomic_energies=np.zeros(
+                (len(cfg.heads), len(cfg.elements)) if cfg.heads else len(cfg.elements)
+            ),
             avg_num_neighbors=cfg.avg_num_neighbours,
             atomic_numbers=list(cfg.elements),
             correlation=cfg.correlation,
             gate=torch.nn.functional.silu,
             radial_MLP=list(cfg.radial_mlp),
+            heads=list(cfg.heads) if cfg.heads else None,
         )
 
 
@@ -218,7 +233,9 @@ class MACEModel(AtomisticModel):
         a lookup table in all but name."""
         return {n for n, _ in self.named_parameters() if ".node_embedding." in f".{n}"}
 
-    def atom_outputs(self, graph: ModelGraph, direct: bool) -> AtomOutputs:
+    def atom_outputs(
+        self, graph: ModelGraph, direct: bool, head: Tensor | None = None
+    ) -> AtomOutputs:
         index = self.element_index[graph.species]
         if bool((index < 0).any()):
             missing = sorted(set(graph.species[index < 0].tolist()))
@@ -244,6 +261,8 @@ class MACEModel(AtomisticModel):
             "batch": graph.batch,
             "ptr": ptr,
         }
+        if head is not None:
+            data["head"] = head
         # mace's symmetric contraction mixes dtypes under autocast (tensordot of a
         # bf16 and a float32 operand fails), so MACE always runs in the model dtype.
         with torch.autocast(positions.device.type, enabled=False):

@@ -34,7 +34,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from train.models import mup
-from train.models.base import NUM_ELEMENT_SLOTS, AtomisticModel, AtomOutputs, ForcesMode
+from train.models.base import (
+    NUM_ELEMENT_SLOTS,
+    AtomisticModel,
+    AtomOutputs,
+    ForcesMode,
+    check_heads,
+)
 from train.models.geometry import (
     ModelGraph,
     adaptive_cutoffs,
@@ -82,6 +88,9 @@ class PETConfig:
         mup_base_head_dim: attention head width at the base width; None: the head
             width of this model (the number of heads scales with width, as in the
             `w*` ladder). Only read under muP.
+        heads: names of the energy heads, one per level of theory (e.g. PBE,
+            r2SCAN); None: one head. Each head adds one energy output row to every
+            readout (node and edge); direct forces and virials stay shared.
     """
 
     d_edge: int = 128
@@ -104,8 +113,10 @@ class PETConfig:
     parametrization: mup.Parametrization = "standard"
     mup_base_width: int = 64
     mup_base_head_dim: int | None = None
+    heads: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        self.heads = check_heads(self.heads)
         if self.d_edge % self.num_heads:
             raise ValueError(f"d_edge={self.d_edge} is not divisible by num_heads={self.num_heads}")
         if not 0 < self.cutoff_width < self.cutoff:
@@ -259,11 +270,13 @@ class GNNLayer(nn.Module):
         self.compress = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.num_attention_layers))
         out_mult = 1.0 / cfg.width_multiplier
-        self.node_energy = readout_head(cfg.d_node, cfg.d_head, 1, out_mult)
+        num_heads = len(cfg.heads or ()) or 1
+        self.node_energy = readout_head(cfg.d_node, cfg.d_head, num_heads, out_mult)
         # One head for the edge energy and the direct force/virial scalars: direct
         # outputs then cost one extra output row, and every force mode has the same
-        # weights, so one checkpoint serves direct and gradient inference.
-        self.edge_readout = readout_head(d, cfg.d_head, 3, out_mult)
+        # weights, so one checkpoint serves direct and gradient inference. Rows:
+        # (energy of head 0, force scalar s, virial scalar q, energies of heads 1..).
+        self.edge_readout = readout_head(d, cfg.d_head, 2 + num_heads, out_mult)
         # Start near the composition baseline: the edge terms are summed over every
         # neighbour, so default-initialised heads put the first energies several
         # eV/atom off and the first hundreds of steps are spent undoing that.
@@ -385,7 +398,22 @@ class PET(AtomisticModel):
         reverse = reverse_edge_index(graph.edge_i, graph.edge_j, graph.shifts, graph.num_atoms)
         return _Layout(slot, max_nb, reverse)
 
-    def atom_outputs(self, graph: ModelGraph, direct: bool) -> AtomOutputs:
+    def head_state(self, state: dict[str, Tensor], index: int) -> dict[str, Tensor]:
+        """Keeps head ``index``'s rows of every readout's output layer."""
+        edge_rows = [edge_energy_row(index), 1, 2]
+        out = dict(state)
+        for k in range(self.config.num_gnn_layers):
+            last = len(self.layers[k].node_energy) - 1
+            for part in ("weight", "bias"):
+                node = f"layers.{k}.node_energy.{last}.{part}"
+                edge = f"layers.{k}.edge_readout.{last}.{part}"
+                out[node] = state[node][index : index + 1].clone()
+                out[edge] = state[edge][edge_rows].clone()
+        return out
+
+    def atom_outputs(
+        self, graph: ModelGraph, direct: bool, head: Tensor | None = None
+    ) -> AtomOutputs:
         cfg = self.config
         graph, r, fc = self._cutoff_factors(graph)
         lay = self._layout(graph)
@@ -410,8 +438,11 @@ class PET(AtomisticModel):
 
         species_j = graph.species[graph.edge_j]
         node = self.node_species(graph.species)
-        energy = r.new_zeros(n)
-        edge_sum = r.new_zeros(e, 3)  # (energy, direct force scalar s, virial scalar q)
+        num_heads = self.num_heads
+        # (num_atoms,) for one head; (num_atoms, num_heads) with heads
+        energy = r.new_zeros(n) if num_heads == 1 else r.new_zeros(n, num_heads)
+        # (energy, direct force scalar s, virial scalar q, energies of heads 1..)
+        edge_sum = r.new_zeros(e, 2 + num_heads)
         message = None
         for layer in self.layers:
             x = layer.tokens(geometry_in, species_j, message)
@@ -419,14 +450,21 @@ class PET(AtomisticModel):
             for block in layer.blocks:
                 node, tokens = block(node, tokens, bias, fused)
             out = tokens.reshape(n * m, cfg.d_edge).index_select(0, flat)  # (num_edges, d_edge)
-            energy = energy + layer.node_energy(node).squeeze(-1).to(r.dtype)
+            node_out = layer.node_energy(node)
+            energy = energy + (node_out.squeeze(-1) if num_heads == 1 else node_out).to(r.dtype)
             edge_sum = edge_sum + layer.edge_readout(out).to(r.dtype)
             # The reverse edge hears this edge in proportion to its cutoff factor,
             # so a message fades out with its edge instead of vanishing abruptly.
             sent = fc[:, None].to(out.dtype) * out
             message = sent.index_select(0, reverse) * has_reverse.to(out.dtype)
         weighted = fc[:, None] * edge_sum
-        energy = energy.index_add(0, graph.edge_i, weighted[:, 0])
+        if num_heads == 1:
+            energy = energy.index_add(0, graph.edge_i, weighted[:, 0])
+        else:
+            rows = [edge_energy_row(h) for h in range(num_heads)]
+            energy = energy.index_add(0, graph.edge_i, weighted[:, rows])
+            assert head is not None, "a model with heads needs each structure's head"
+            energy = energy.gather(1, head[graph.batch][:, None]).squeeze(1)
         if not direct:
             return AtomOutputs(energy)
         unit = graph.vectors / r.clamp_min(1e-12)[:, None]
@@ -434,3 +472,9 @@ class PET(AtomisticModel):
         edge_virial = (weighted[:, 2] * r)[:, None, None] * unit[:, :, None] * unit[:, None, :]
         virial = r.new_zeros(n, 3, 3).index_add(0, graph.edge_i, edge_virial)
         return AtomOutputs(energy, forces, virial)
+
+
+def edge_energy_row(head: int) -> int:
+    """The edge readout's output row of head ``head``'s energy (rows 1 and 2 are
+    the direct force and virial scalars, shared by all heads)."""
+    return 0 if head == 0 else 2 + head
