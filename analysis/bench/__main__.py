@@ -1,7 +1,7 @@
 """make bench: every benchmark, each against a baseline measured in the same run.
 
     python -m analysis.bench --out runs/bench
-        [--only data,plan,models,train,corrections,mup,scripted]
+        [--only data,plan,models,train,corrections,mup,scripted,peers]
 
 Writes OUT/<name>.json per benchmark and OUT/results.json with all of them;
 BENCHMARKS.md summarises the figures. Each runs alone too:
@@ -9,7 +9,9 @@ BENCHMARKS.md summarises the figures. Each runs alone too:
 plan at 100M structures on 512 ranks), ``.models`` (model
 inference), ``.training`` (the training loop), ``.corrections`` (inference-time
 corrections), ``.mup`` (learning-rate transfer across width, standard vs muP),
-``.scripted`` (TorchScript and metatomic models against eager, same weights).
+``.scripted`` (TorchScript and metatomic models against eager, same weights),
+``.peers`` (metatrain's PET and mace_run_train trained beside ours; about 20
+minutes; ``BENCH_SKIP_PEERS=1`` skips it and peers.json says so).
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ def _scripted(argv: list[str]) -> object:
     return scripted.main(argv)
 
 
+def _peers(argv: list[str]) -> object:
+    from analysis.bench import peers
+
+    return peers.main(argv)
+
+
 BENCHMARKS: dict[str, Callable[[list[str]], object]] = {
     "data": _data,
     "plan": _plan,
@@ -74,6 +82,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], object]] = {
     "corrections": _corrections,
     "mup": _mup,
     "scripted": _scripted,
+    "peers": _peers,
 }
 
 
