@@ -321,9 +321,9 @@ def check_sources(cfg: TrainConfig) -> None:
         where = f"data.sources[{i}]"
         if not isinstance(src, dict) or not src.get("root"):
             raise ConfigError(f"{where}: expected {{root: DIR, weight: W}}, got {src!r}")
-        unknown = sorted(set(src) - {"root", "weight", "name"})
+        unknown = sorted(set(src) - {"root", "weight", "name", "head"})
         if unknown:
-            close = difflib.get_close_matches(unknown[0], ["root", "weight", "name"], n=1)
+            close = difflib.get_close_matches(unknown[0], ["root", "weight", "name", "head"], n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"{where}: unknown key '{unknown[0]}'{hint}")
         if float(src.get("weight", 1.0)) < 0:
