@@ -285,6 +285,8 @@ class StreamingLoader:
             num_workers=self.cfg.num_workers,
             persistent_workers=False,
             multiprocessing_context="fork" if self.cfg.num_workers else None,
+            # page-locked batches copy to a GPU asynchronously (train.trainer.to_device)
+            pin_memory=torch.cuda.is_available(),
         )
         for batch in loader:
             if batch.get("_sentinel"):
@@ -367,11 +369,17 @@ def equal_steps(batches: Iterator[dict], group=None) -> Iterator[tuple[dict, boo
         for b in batches:
             yield b, False
         return
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend(group) == "nccl"
+        else torch.device("cpu")
+    )
     it = iter(batches)
     last = None
     while True:
         b = next(it, None)
-        flag = torch.tensor([0 if b is None else 1], dtype=torch.int64)
+        # NCCL takes only GPU tensors; gloo only host ones
+        flag = torch.tensor([0 if b is None else 1], dtype=torch.int64, device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
         if flag.item() == 0:
             return

@@ -112,6 +112,12 @@ class EngineConfig:
     zero_stage: int = 0
     precision: str = "fp32"
     backend: str | None = None  # None: gloo on CPU, nccl on CUDA
+    # on CUDA, float32 matrix products and convolutions in TF32 (10-bit mantissa)
+    tf32: bool = False
+    # torch.compile of the model: none | inductor (default backend) | eager
+    # (dynamo tracing only, to check graphs and recompiles); dynamic shapes, since
+    # atom and edge counts change every batch
+    compile: str = "none"
 
 
 @dataclass
@@ -256,6 +262,7 @@ _CHOICES = {
     "model.forces": ("direct", "conservative", "both"),
     "engine.kind": ("deepspeed", "torch"),
     "engine.precision": ("fp32", "bf16"),
+    "engine.compile": ("none", "inductor", "eager"),
     "logger.kind": ("wandb", "none"),
     "logger.mode": ("offline", "online"),
     "schedule.kind": ("cosine", "wsd", "constant"),

@@ -92,10 +92,29 @@ def init_distributed(
     return DistInfo(rank, world, local, dev)
 
 
-def all_reduce_(tensor: torch.Tensor, op=None) -> torch.Tensor:
-    """In-place all-reduce when a group with several members exists."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+def collective_device(group=None) -> torch.device:
+    """Where a collective's tensors must live: the current CUDA device for NCCL
+    (which rejects host tensors), the host for gloo."""
+    if dist.is_initialized() and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_(tensor: torch.Tensor, op=None, group=None) -> torch.Tensor:
+    """In-place all-reduce over the process group, wherever ``tensor`` lives.
+
+    The tensor travels to the backend's device and back when they differ, so
+    callers may keep small accumulators on the host or on the GPU. A one-member
+    group still runs the collective: a single-GPU run goes through the same
+    NCCL path as a multi-GPU one (on gloo it costs tens of microseconds).
+    """
+    if not dist.is_initialized():
+        return tensor
+    device = collective_device(group)
+    work = tensor if tensor.device == device else tensor.to(device)
+    dist.all_reduce(work, op=op or dist.ReduceOp.SUM, group=group)
+    if work is not tensor:
+        tensor.copy_(work)
     return tensor
 
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from train import build, checkpoint, rundir
 from train.budget import resolve as resolve_budget
-from train.config import ConfigError, TrainConfig, check
+from train.config import ConfigError, EngineConfig, TrainConfig, check
 from train.dist import barrier, init_distributed
 from train.ema import EMA
 from train.engine import build_engine
@@ -51,6 +51,32 @@ def warn_schedule_change(saved: dict | None, now: dict) -> None:
         print(
             f"note: resuming with another learning-rate schedule ({'; '.join(changed)})", flush=True
         )
+
+
+def accelerate(model: torch.nn.Module, engine: EngineConfig, device: torch.device) -> None:
+    """TF32 matrix products on CUDA and torch.compile, where the config asks.
+
+    Compilation marks shapes dynamic (atom and edge counts change with every
+    batch), so a new batch shape does not recompile; the data-dependent steps
+    of the neighbour layout (nonzero, bincount) stay as graph breaks. The
+    state dict keeps its keys (``nn.Module.compile`` compiles in place).
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = engine.tf32
+        torch.backends.cudnn.allow_tf32 = engine.tf32
+    if engine.compile != "none":
+        model.compile(dynamic=True, backend=engine.compile)
+
+
+def compile_counters() -> dict:
+    """What torch.compile did in this process: graphs, graph breaks, recompiles."""
+    from torch._dynamo.utils import counters
+
+    return {
+        "graphs": int(counters["stats"].get("unique_graphs", 0)),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+        "recompiles": int(sum(counters["recompiles"].values())),
+    }
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -95,6 +121,7 @@ def run(cfg: TrainConfig) -> dict:
     clock.mark("model build")
     flops = build.reference_flops(model, cfg, data.reference, cutoff, info.device, dtype)
     clock.mark("FLOPs reference batch")
+    accelerate(model, cfg.engine, info.device)  # after counting: FLOPs of the eager model
     train_loader, val_loader, val_sources = build.loaders(cfg, data, cutoff, info)
     clock.mark("loaders")
 
@@ -191,6 +218,8 @@ def run(cfg: TrainConfig) -> dict:
     }
     summary["best"] = trainer.best
     summary["startup_s"] = clock.seconds
+    if cfg.engine.compile != "none":
+        summary["compile"] = compile_counters()
     summary["total_time_s"] = time.time() - t_start
     if info.is_main:
         export_model(engine.module, ema, cfg, stats, run_dir / "model.pt", metrics=final_val)

@@ -55,10 +55,12 @@ class StepTotals:
     atoms: int = 0
     padded_batches: int = 0
 
-    def all_reduce(self) -> None:
-        """Sums every field over ranks, in place (one collective)."""
+    def all_reduce(self, device: torch.device) -> None:
+        """Sums every field over ranks, in place (one collective on ``device``)."""
         t = torch.tensor(
-            [self.loss, self.structures, self.atoms, self.padded_batches], dtype=torch.float64
+            [self.loss, self.structures, self.atoms, self.padded_batches],
+            dtype=torch.float64,
+            device=device,
         )
         all_reduce_(t)
         self.loss = float(t[0])
@@ -110,14 +112,25 @@ def element_mask(symbols) -> torch.Tensor:
 
 
 def to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """The batch's tensors on ``device`` in ``dtype`` (floating ones). Host-to-GPU
+    copies are asynchronous: the loader pins its batches when CUDA is present."""
     out = {}
+    asynchronous = device.type == "cuda"
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
-            v = v.to(device)
+            v = v.to(device, non_blocking=asynchronous and v.is_pinned())
             if v.is_floating_point():
                 v = v.to(dtype)
         out[k] = v
     return out
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far in MiB: what the CUDA allocator handed out on a GPU,
+    the process's resident set on the host."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def check_elements(batch: dict, allowed: torch.Tensor) -> None:
@@ -343,10 +356,11 @@ class Trainer:
                 loss, parts = compute_loss(batch, out, cfg.loss)
                 if pad:
                     loss = loss * 0.0
-                flags = torch.tensor(
+                stopping = self._stop_signal is not None or self._out_of_time()
+                flags = torch.stack(
                     [
-                        0.0 if torch.isfinite(loss) else 1.0,
-                        0.0 if self._stop_signal is None and not self._out_of_time() else 1.0,
+                        (~torch.isfinite(loss.detach())).to(torch.float32),
+                        torch.tensor(float(stopping), device=loss.device),
                     ]
                 )
                 all_reduce_(flags)
@@ -383,7 +397,7 @@ class Trainer:
                 break
             p.step += 1
             self.ema.update(self.model)
-            local.all_reduce()
+            local.all_reduce(self.info.device)
             p.structures_seen += local.structures
             p.atoms_seen += local.atoms
             p.padded_steps += local.padded_batches
@@ -402,7 +416,7 @@ class Trainer:
                     "structures_per_s": local.structures / dt,
                     "data_wait_fraction": wait / dt,
                     "step_time_s": dt,
-                    "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "peak_memory_mb": peak_memory_mb(self.info.device),
                     **{k: v / max(1, micro) for k, v in parts_sum.items()},
                 }
                 self.logger.log(row)

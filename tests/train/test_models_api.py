@@ -194,6 +194,7 @@ def test_float32_and_bf16_autocast_follow_float64(family, forces):
         assert (out16[key].double() - value).abs().max().item() < 0.3 * scale + 1e-3, key
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("family, forces", MODES)
 def test_cuda_matches_cpu(family, forces):
