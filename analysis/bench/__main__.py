@@ -1,7 +1,7 @@
 """make bench: every benchmark, each against a baseline measured in the same run.
 
     python -m analysis.bench --out runs/bench
-        [--only data,plan,models,train,corrections,mup,scripted,peers]
+        [--only data,plan,models,train,corrections,mup,scripted,peers,gpu]
 
 Writes OUT/<name>.json per benchmark and OUT/results.json with all of them;
 BENCHMARKS.md summarises the figures. Each runs alone too:
@@ -11,7 +11,9 @@ inference), ``.training`` (the training loop), ``.corrections`` (inference-time
 corrections), ``.mup`` (learning-rate transfer across width, standard vs muP),
 ``.scripted`` (TorchScript and metatomic models against eager, same weights),
 ``.peers`` (metatrain's PET and mace_run_train trained beside ours; about 20
-minutes; ``BENCH_SKIP_PEERS=1`` skips it and peers.json says so).
+minutes; ``BENCH_SKIP_PEERS=1`` skips it and peers.json says so), ``.gpu``
+(the GPU check's training and inference; where no CUDA device is present,
+gpu.json says it was skipped and why).
 """
 
 from __future__ import annotations
@@ -74,6 +76,24 @@ def _peers(argv: list[str]) -> object:
     return peers.main(argv)
 
 
+def _gpu(argv: list[str]) -> object:
+    """The GPU check (analysis.bench.gpu) where a CUDA device is present; on a
+    machine without one it records why it did not run."""
+    import torch
+
+    out = Path(argv[argv.index("--out") + 1])
+    if not torch.cuda.is_available():
+        reason = "no CUDA device here: run bench/gpu_check.sh on a GPU machine"
+        print(f"skipped: {reason}", flush=True)
+        out.write_text(json.dumps({"skipped": reason}))
+        return None
+    from analysis.bench import gpu
+
+    result = gpu.run(out.with_suffix(""), "cuda", steps=300, quick=False)
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
 BENCHMARKS: dict[str, Callable[[list[str]], object]] = {
     "data": _data,
     "plan": _plan,
@@ -83,6 +103,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], object]] = {
     "mup": _mup,
     "scripted": _scripted,
     "peers": _peers,
+    "gpu": _gpu,
 }
 
 
