@@ -55,6 +55,32 @@ class StudyDataConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """The two-stage recipe as a study (pretrain on A, fine-tune on B).
+
+    Every grid point is pretrained on the study's data (source A; its
+    ``data_fraction`` axis is the pretraining data size) and then fine-tuned on
+    ``root`` (source B) with ``trainer.init_from`` its pretrained run:
+    ``<point>_ft``. Beside it, the baselines: ``<point>_zs``, the pretrained
+    model on B as it is (stage 1 only: one step at learning rate 0, which
+    keeps weights, EMA and baselines exactly, so its validation on B is the
+    parent's), and ``<model>_<size>_bonly``, a model trained on B alone from
+    scratch for the same ``steps``.
+
+    Attributes:
+        root: B's shard directory; None: no fine-tuning (a plain study).
+        steps: optimiser steps of each fine-tune (and of each B-only run).
+        train: overrides of the fine-tune and B-only runs (e.g. optim.lr=1e-3).
+        baselines: add the stage-1-only and B-only runs.
+    """
+
+    root: str | None = None
+    steps: int = 100
+    train: list[str] = field(default_factory=list)
+    baselines: bool = True
+
+
+@dataclass
 class StudyConfig:
     name: str = "study"
     axes: dict[str, Any] = field(default_factory=dict)
@@ -71,6 +97,8 @@ class StudyConfig:
     tune: dict[str, Any] = field(default_factory=dict)
     tune_at: dict[str, Any] = field(default_factory=dict)  # tune only at these axis values
     tune_metric: str = "val/forces_mae"  # lower is better
+    # pretrain on study.data, fine-tune on finetune.root (FinetuneConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass
@@ -290,6 +318,9 @@ def expand(study: StudyConfig, study_dir: Path, data_root: str, extra: list[str]
             base = [*over, *extra, *tuning.overrides(combo)]
             max_atoms = int(_override_value(base[::-1], "data.max_atoms") or 256)
             if study.budget.rule == "wsd-ladder":
+                if study.finetune.root:
+                    raise ValueError("study.finetune works with the steps, epochs and "
+                                     "atoms_per_param budget rules, not wsd-ladder")
                 runs.append(_ladder(study, point, name, run_dir, base, stages, waiting))
                 continue
             fraction = float(point.get("data_fraction", 1.0))
@@ -298,11 +329,50 @@ def expand(study: StudyConfig, study_dir: Path, data_root: str, extra: list[str]
             )
             spec_over = [*base, *budget_over, *_identity_overrides(study, name, run_dir, point)]
             spec_over += [f"+budget.{k}={v}" for k, v in budget_record.items()]
-            runs.append(RunSpec(name, point, spec_over, run_dir, stages, waiting=waiting))
+            if study.finetune.root:
+                spec_over.append("+budget.role=pretrain")
+            spec = RunSpec(name, point, spec_over, run_dir, stages, waiting=waiting)
+            runs.append(spec)
+            if study.finetune.root:
+                runs += _finetune(study, spec, base, stages, runs)
     names = [r.name for spec in runs for r in spec.all_runs()]
     if len(set(names)) != len(names):
         raise ValueError("two runs of the grid got the same name; make axis values distinct")
     return runs
+
+
+def _without(overrides: list[str], *keys: str) -> list[str]:
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys]
+
+
+def _finetune(study: StudyConfig, pretrain: RunSpec, base: list[str], stages: list,
+              runs: list[RunSpec]) -> list[RunSpec]:
+    """A pretrained point's fine-tune and stage-1-only runs (branches of it, so
+    they run after it in its job) and, once per model and size, the B-only run.
+    Returns the new top-level runs (the B-only run, if not yet planned)."""
+    ft = study.finetune
+    on_b = [*_without(base, "data.root", "data.fraction"), f"data.root={ft.root}"]
+    roles = [("ft", "finetune", [f"trainer.max_steps={ft.steps}", *ft.train])]
+    if ft.baselines:
+        roles.append(("zs", "stage1-only", [*ft.train, "optim.lr=0", "trainer.max_steps=1"]))
+    for suffix, role, extra in roles:
+        name = f"{pretrain.name}_{suffix}"
+        run_dir = pretrain.run_dir.parent / name
+        over = [*on_b, *extra, f"trainer.init_from={pretrain.run_dir}"]
+        over += _identity_overrides(study, name, run_dir, pretrain.axes)
+        over += ["+budget.rule=steps", f"+budget.role={role}", f"+budget.pretrain={pretrain.name}"]
+        pretrain.branches.append(RunSpec(name, pretrain.axes, over, run_dir, stages))
+    if not ft.baselines:
+        return []
+    point = {k: v for k, v in pretrain.axes.items() if k != "data_fraction"}
+    name = f"{run_name(point)}_bonly"
+    if any(r.name == name for r in runs):
+        return []
+    run_dir = pretrain.run_dir.parent / name
+    over = [*on_b, f"trainer.max_steps={ft.steps}", *ft.train]
+    over += _identity_overrides(study, name, run_dir, point)
+    over += ["+budget.rule=steps", "+budget.role=b-only"]
+    return [RunSpec(name, point, over, run_dir, stages)]
 
 
 def _grid_axes(axes: dict[str, Any]) -> dict[str, list]:

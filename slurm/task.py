@@ -53,7 +53,9 @@ def train_and_evaluate(
             ``{"overrides", "run_dir", "stages", "start_step"}``, trained after
             this run from its checkpoint at ``start_step``; their results go
             under ``result["branches"]``. A branch stopped by a signal marks the
-            whole result preempted, so the job is requeued.
+            whole result preempted, so the job is requeued. A fine-tune branch
+            (slurm.study.FinetuneConfig) has start_step None: it starts from
+            the run's weights through its own trainer.init_from.
     """
     from slurm.ladder import seed_branch
     from slurm.stages import run_stages
@@ -70,7 +72,8 @@ def train_and_evaluate(
     result["branches"] = {}
     for branch in branches:
         branch_dir = Path(branch["run_dir"])
-        if run_state(branch_dir) != "finished":
+        # a fine-tune branch (start_step None) starts from trainer.init_from instead
+        if run_state(branch_dir) != "finished" and branch.get("start_step") is not None:
             try:
                 seed_branch(run_dir, branch_dir, int(branch["start_step"]))
             except FileNotFoundError as err:
