@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from data_pipelines import shards
 from data_pipelines.atomic import write_text
+from data_pipelines.graph import store_edges
 from data_pipelines.schema import SCHEMA_VERSION, UNITS, DataError, Structure, config_type_of
 from data_pipelines.stats import StatsAccumulator
 
@@ -104,7 +105,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 class _SplitWriter:
     """Fills equal-sized shards of one split, pack by pack."""
 
-    def __init__(self, out_dir: Path, split: str, shard_size: int, pack_size: int, cutoff):
+    def __init__(self, out_dir: Path, split: str, shard_size: int, pack_size: int, cutoff,
+                 store_edges: float | None = None):
         self.dir = out_dir / split
         self.dir.mkdir(parents=True, exist_ok=True)
         self.split = split
@@ -112,6 +114,7 @@ class _SplitWriter:
         self.pack_size = pack_size
         self.shards: list[dict] = []
         self.stats = StatsAccumulator(cutoff)
+        self.store_edges = store_edges
         self._pack: list[Structure] = []
         self._writer: shards.ShardWriter | None = None
         self._file = None
@@ -121,6 +124,8 @@ class _SplitWriter:
         self.config_types: Counter = Counter()
 
     def add(self, s: Structure) -> None:
+        if self.store_edges is not None:
+            store_edges(s, self.store_edges)  # before stats: they reuse it
         self.stats.add(s)
         self.config_types[config_type_of(s.info) or "(none)"] += 1
         self._pack.append(s)
@@ -194,6 +199,7 @@ def write_dataset(
     skip_invalid: bool = False,
     skipped: Counter | None = None,
     stats_cutoff: float | None = 5.0,
+    store_edges_cutoff: float | None = None,
     progress: bool = False,
     allow_empty: bool = False,
 ) -> dict:
@@ -215,6 +221,9 @@ def write_dataset(
             relative to.
         skipped: counter of records already skipped upstream (by the readers).
         stats_cutoff: cutoff (A) for the mean neighbour count in stats.json.
+        store_edges_cutoff: store every structure's neighbour list within this
+            cutoff (A) in the shards; loaders at this cutoff or a smaller one
+            read it instead of computing it (about 14 bytes per pair).
         allow_empty: write a dataset even if no structure is kept; otherwise that
             is an EmptyDatasetError (and no manifest is written).
     """
@@ -227,7 +236,9 @@ def write_dataset(
     (out / MANIFEST).unlink(missing_ok=True)
     skipped = skipped if skipped is not None else Counter()
     writers = {
-        sp: _SplitWriter(out, sp, shard_size, min(pack_size, shard_size), stats_cutoff)
+        sp: _SplitWriter(
+            out, sp, shard_size, min(pack_size, shard_size), stats_cutoff, store_edges_cutoff
+        )
         for sp in splits
     }
     for old in out.glob("*/shard-*.tar*"):
@@ -277,6 +288,7 @@ def write_dataset(
         "splits": split_info,
         "skipped": {"total": sum(skipped.values()), "by_reason": dict(sorted(skipped.items()))},
         "stats_file": STATS,
+        "stored_edges_cutoff": store_edges_cutoff,
     }
     write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
@@ -345,6 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--level-of-theory", default=None, help="label, e.g. 'PBE/PAW 520 eV'")
     p.add_argument("--stats-cutoff", type=float, default=5.0, help="A, for neighbour counts")
     p.add_argument(
+        "--store-edges",
+        type=float,
+        default=None,
+        metavar="CUTOFF",
+        help="store neighbour lists within CUTOFF (A) in the shards: training at that cutoff "
+        "or a smaller one reads them instead of computing them (about 14 bytes per pair)",
+    )
+    p.add_argument(
         "--skip-invalid",
         action="store_true",
         help="skip (and count) invalid records instead of failing",
@@ -390,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             allow_empty=args.allow_empty,
             skipped=skipped,
             stats_cutoff=args.stats_cutoff,
+            store_edges_cutoff=args.store_edges,
             progress=not args.no_progress,
         )
     except EmptyDatasetError as err:

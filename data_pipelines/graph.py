@@ -42,4 +42,29 @@ def neighbour_list(
 
 
 def structure_edges(structure: Structure, cutoff: float) -> tuple[np.ndarray, ...]:
-    return neighbour_list(structure.positions, structure.cell, structure.pbc, cutoff)
+    """The structure's neighbour list within ``cutoff``: the stored one when the
+    shards hold one at this cutoff or a larger one (pairs beyond ``cutoff``
+    dropped, order kept), else computed."""
+    stored = structure.edges
+    if stored is None or stored.cutoff < cutoff:
+        return neighbour_list(structure.positions, structure.cell, structure.pbc, cutoff)
+    i = stored.i.astype(np.int64)
+    j = stored.j.astype(np.int64)
+    shifts = stored.shifts.astype(np.int64)
+    if stored.cutoff == cutoff:
+        return i, j, shifts
+    pos = structure.positions
+    vec = pos[j] - pos[i] + shifts @ structure.cell
+    keep = np.einsum("ek,ek->e", vec, vec) < cutoff * cutoff
+    return i[keep], j[keep], shifts[keep]
+
+
+def store_edges(structure: Structure, cutoff: float) -> Structure:
+    """Attaches the neighbour list within ``cutoff`` (compact integer dtypes)."""
+    from data_pipelines.schema import StoredEdges
+
+    i, j, s = neighbour_list(structure.positions, structure.cell, structure.pbc, cutoff)
+    structure.edges = StoredEdges(
+        float(cutoff), i.astype(np.int32), j.astype(np.int32), s.astype(np.int16)
+    )
+    return structure

@@ -8,7 +8,7 @@ positions and cell in Angstrom, forces eV/A, stress eV/A^3 with ASE's sign
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -75,6 +75,16 @@ class DataError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
+class StoredEdges(NamedTuple):
+    """A neighbour list stored with a structure (``convert --store-edges``):
+    every pair within ``cutoff`` (Angstrom), as graph.neighbour_list returns it."""
+
+    cutoff: float
+    i: np.ndarray  # (num_edges,)
+    j: np.ndarray  # (num_edges,)
+    shifts: np.ndarray  # (num_edges, 3) integer cell shifts
+
+
 @dataclass
 class Structure:
     """One labelled structure in project units.
@@ -90,6 +100,7 @@ class Structure:
         stress: (3, 3) eV/A^3, ASE sign, or None.
         info: small JSON-serialisable metadata (kept in the shard), e.g.
             "config_type" (see config_type_of) and "split_key".
+        edges: its neighbour list when the shards store one (StoredEdges), else None.
     """
 
     source_id: str
@@ -101,6 +112,7 @@ class Structure:
     forces: np.ndarray | None = None
     stress: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    edges: StoredEdges | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.numbers = np.asarray(self.numbers, dtype=np.int64).reshape(-1)

@@ -21,6 +21,11 @@ energy float64 (k,), forces float64 (n, 3), stress float64 (k, 3, 3) and
 has_energy / has_forces / has_stress bool (k,). Absent labels are stored as
 zeros with their has_ flag False. Floats are float64: the round trip is exact.
 
+Optional: packs written with stored neighbour lists (``convert --store-edges R``)
+add edge_count int64 (k,), edge_i / edge_j int32 (E,) (indices within each
+structure) and edge_shift int16 (E, 3), and the header's ``edge_cutoff`` R.
+Readers that do not know them ignore them, so this needs no new layout version.
+
 The header's ``info`` is each structure's `Structure.info`: small JSON metadata
 such as ``config_type`` (AIMD, Vacancy, Surface...; the batch's `config_type`
 list comes from it). It is free-form, so adding a key needs no new layout
@@ -38,7 +43,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from data_pipelines.schema import DataError, Structure
+from data_pipelines.schema import DataError, StoredEdges, Structure
 
 MAGIC = b"MLIPPACK"
 LAYOUT_VERSION = 1
@@ -65,6 +70,29 @@ _ARRAY_ORDER = (
 )  # fmt: skip
 
 
+_EDGE_ARRAYS = ("edge_count", "edge_i", "edge_j", "edge_shift")
+
+
+def _edge_arrays(structures: list[Structure], arrays: dict) -> float | None:
+    """Adds the stored neighbour lists to ``arrays``; their cutoff, or None when
+    no structure has one. A pack stores all or none, at one cutoff."""
+    stored = [s.edges for s in structures]
+    if all(e is None for e in stored):
+        return None
+    cutoffs = {e.cutoff for e in stored if e is not None}
+    if any(e is None for e in stored) or len(cutoffs) != 1:
+        first = next(s.source_id for s in structures if s.edges is None or len(cutoffs) > 1)
+        raise ValueError(
+            f"structure {first}: a pack stores neighbour lists for all its structures at "
+            f"one cutoff (found cutoffs {sorted(cutoffs)}, some structures without)"
+        )
+    arrays["edge_count"] = np.array([len(e.i) for e in stored], "<i8")
+    arrays["edge_i"] = np.concatenate([e.i for e in stored]).astype("<i4")
+    arrays["edge_j"] = np.concatenate([e.j for e in stored]).astype("<i4")
+    arrays["edge_shift"] = np.concatenate([e.shifts for e in stored]).reshape(-1, 3).astype("<i2")
+    return cutoffs.pop()
+
+
 def encode_pack(structures: list[Structure]) -> bytes:
     """Serialises structures into one pack blob (see module docstring)."""
     k = len(structures)
@@ -85,10 +113,14 @@ def encode_pack(structures: list[Structure]) -> bytes:
         "has_forces": np.array([s.forces is not None for s in structures], "?"),
         "has_stress": np.array([s.stress is not None for s in structures], "?"),
     }
+    names = list(_ARRAY_ORDER)
+    edge_cutoff = _edge_arrays(structures, arrays)
+    if edge_cutoff is not None:
+        names += list(_EDGE_ARRAYS)
     layout = {}
     chunks = []
     offset = 0
-    for name in _ARRAY_ORDER:
+    for name in names:
         raw = np.ascontiguousarray(arrays[name]).tobytes()
         layout[name] = [arrays[name].dtype.str, list(arrays[name].shape), offset]
         pad = (-len(raw)) % 8
@@ -100,6 +132,7 @@ def encode_pack(structures: list[Structure]) -> bytes:
             "ids": [s.source_id for s in structures],
             "info": [s.info for s in structures],
             "arrays": layout,
+            **({"edge_cutoff": edge_cutoff} if edge_cutoff is not None else {}),
         },
         separators=(",", ":"),
         sort_keys=True,
@@ -150,6 +183,23 @@ def pack_index(blob: bytes, where: str = "?") -> tuple[list[str], np.ndarray]:
     return list(header["ids"]), num_atoms
 
 
+def _check_edges(arrays: dict, ptr: np.ndarray, ids: list[str], where: str) -> np.ndarray:
+    """Edge offsets per structure; a stored neighbour list that points outside
+    its structure is a DataError naming the structure."""
+    counts = arrays["edge_count"]
+    eptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=eptr[1:])
+    if eptr[-1] != len(arrays["edge_i"]) or len(counts) != len(ids):
+        raise DataError(where, None, "edge_count", "edge counts do not match the edge arrays")
+    natoms = np.repeat(np.diff(ptr), counts)
+    bad = (arrays["edge_i"] < 0) | (arrays["edge_i"] >= natoms)
+    bad |= (arrays["edge_j"] < 0) | (arrays["edge_j"] >= natoms)
+    if bad.any():
+        idx = int(np.searchsorted(eptr, int(np.argmax(bad)), side="right") - 1)
+        raise DataError(where, ids[idx], "edge_i", "stored neighbour index outside the structure")
+    return eptr
+
+
 def decode_pack(blob: bytes, where: str = "?") -> list[Structure]:
     """Inverse of encode_pack; `where` names the shard and member in errors."""
     header, start = _parse_header(blob, where)
@@ -158,9 +208,17 @@ def decode_pack(blob: bytes, where: str = "?") -> list[Structure]:
     }
     ptr = np.zeros(len(arrays["num_atoms"]) + 1, dtype=np.int64)
     np.cumsum(arrays["num_atoms"], out=ptr[1:])
+    edge_cutoff = header.get("edge_cutoff")
+    if edge_cutoff is not None:
+        eptr = _check_edges(arrays, ptr, header["ids"], where)
     out = []
     for idx, sid in enumerate(header["ids"]):
         a, b = ptr[idx], ptr[idx + 1]
+        edges = None
+        if edge_cutoff is not None:
+            ea, eb = eptr[idx], eptr[idx + 1]
+            edges = StoredEdges(float(edge_cutoff), arrays["edge_i"][ea:eb],
+                                arrays["edge_j"][ea:eb], arrays["edge_shift"][ea:eb])
         out.append(
             Structure(
                 source_id=sid,
@@ -172,6 +230,7 @@ def decode_pack(blob: bytes, where: str = "?") -> list[Structure]:
                 forces=arrays["forces"][a:b] if arrays["has_forces"][idx] else None,
                 stress=arrays["stress"][idx] if arrays["has_stress"][idx] else None,
                 info=header["info"][idx],
+                edges=edges,
             )
         )
     return out
