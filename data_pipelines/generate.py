@@ -317,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--shard-size", type=int, default=5000, help="structures per shard")
     p.add_argument("--name", default=None, help="dataset name (default: the --out folder)")
+    p.add_argument("--store-edges", type=float, default=None, metavar="CUTOFF",
+                   help="store neighbour lists within CUTOFF (A) in the shards "
+                   "(as convert --store-edges)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="default: all cores")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
@@ -337,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         name=args.name,
         level_of_theory=_calculator(args.calculator).level_of_theory,
         sources=[{"path": f"generate:{args.calculator}", "sha256": None, "options": options}],
+        store_edges_cutoff=args.store_edges,
         progress=args.progress,
     )
     counts = ", ".join(f"{k} {v['num_structures']}" for k, v in manifest["splits"].items())

@@ -165,6 +165,24 @@ def run(num_structures: int = 2000, cutoff: float = 5.0, memory_check: bool = Tr
         res["stream_full_stored_edges_smaller_cutoff_structures_per_s"] = (
             num_structures / t_filtered)
 
+        # Object-store streaming: the same shards served over HTTP on loopback
+        # (data_pipelines.serve), read through the loader's https-style root
+        from data_pipelines.serve import serve_root
+
+        with serve_root(root) as url:
+            http_cfg = dataclasses.replace(cfg, root=url)
+            http_data = open_dataset(url)
+            t_http_dec, count = _timed(
+                lambda: sum(1 for _ in worker_stream(http_cfg, http_data, 0, 0, 1, 0, 1)),
+                repeat=3)
+            assert count == num_structures
+            t_http_full, _ = _timed(
+                lambda: sum(len(b["ids"]) for b in StreamingLoader(http_cfg)), repeat=3)
+        res["stream_http_decode_structures_per_s"] = num_structures / t_http_dec
+        res["stream_http_full_structures_per_s"] = num_structures / t_http_full
+        res["ratio_http_vs_local_decode"] = t_dec / t_http_dec
+        res["ratio_http_vs_local_full"] = t_full / t_http_full
+
         # A resume starts at the window holding the saved position and replays
         # nothing before it: late in the epoch the first batch costs what the
         # epoch's first batch costs (windows of one shard here).
