@@ -37,11 +37,18 @@ def _sources(*entries):
     return "data.sources=[" + ",".join("{" + e + "}" for e in entries) + "]"
 
 
-def test_a_head_per_level_of_theory(roots, tmp_path):
+@pytest.fixture(scope="module")
+def heads_run(roots, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "heads"
     mix = _sources(f"root:'{roots['emt']}',name:emt", f"root:'{roots['pbe']}',name:pbe")
     cfg = to_object(compose([*BASE, mix, "model.knobs.heads=[EMT,PBE]", "trainer.max_steps=6",
-                             f"run_dir={tmp_path / 'heads'}"]))
-    summary = run(cfg)
+                             f"run_dir={out}"]))
+    return out, run(cfg)
+
+
+def test_a_head_per_level_of_theory(roots, heads_run):
+    run_dir, summary = heads_run
+    tmp_path = run_dir.parent
     assert [s["head"] for s in summary["data"]["sources"]] == ["EMT", "PBE"]
     from train.calculator import load_calculator
     from train.export import load_model
@@ -128,3 +135,31 @@ def test_fine_tune_refuses_other_heads(roots, tmp_path):
                              f"trainer.init_from={parent}", f"run_dir={tmp_path / 'c'}"]))
     with pytest.raises(ConfigError, match="weights do not fit this model .*heads EMT, PBE"):
         run(cfg)
+
+
+def test_metatomic_export_takes_the_head(heads_run, tmp_path, capsys):
+    """One metatomic file per head (--head), each computing that head's energy."""
+    from ase import Atoms
+    from metatomic.torch import load_atomistic_model
+    from metatomic_ase import MetatomicCalculator
+
+    from train.calculator import load_calculator
+    from train.card import read_card
+    from train.export import main
+
+    run_dir, _ = heads_run
+    s = emt_structures(1, seed=9, prefix="m", molecules=False)[0]
+    for head in ("EMT", "PBE"):
+        out = tmp_path / f"{head}.pt"
+        assert main([str(run_dir / "model.pt"), "--format", "metatomic", "--head", head,
+                     "--dtype", "float64", "--out", str(out)]) == 0
+        assert read_card(out)["head"] == head
+        a = Atoms(s.numbers, s.positions, cell=s.cell, pbc=s.pbc)
+        a.calc = MetatomicCalculator(load_atomistic_model(str(out)))
+        ours = Atoms(s.numbers, s.positions, cell=s.cell, pbc=s.pbc)
+        ours.calc = load_calculator(run_dir / "model.pt", head=head, dtype=torch.float64)
+        assert a.get_potential_energy() == pytest.approx(ours.get_potential_energy(), abs=1e-6)
+    with pytest.raises(SystemExit):  # an unknown head: argparse's error names the heads
+        main([str(run_dir / "model.pt"), "--format", "metatomic", "--head", "r2SCAN",
+              "--out", str(tmp_path / "x.pt")])
+    assert "unknown head 'r2SCAN'; this model's heads: EMT, PBE" in capsys.readouterr().err
