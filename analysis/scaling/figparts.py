@@ -52,6 +52,7 @@ DATA_LABEL = {
 EXPONENT = {"alpha": "α", "beta": "β", "kappa": "κ"}
 TRIVIAL = {"energy": "composition baseline", "forces": "zero forces", "stress": "zero stress"}
 WARN_COLOUR = "#b00000"
+TICK_SIZE = 8  # points, major and minor tick labels alike
 
 
 def metric_unit(metric: str) -> str:
@@ -126,7 +127,10 @@ def plain_ticks(ax) -> None:
             fmt = ticker.ScalarFormatter(useOffset=False)
             fmt.set_scientific(False)
             axis.set_major_formatter(fmt)
-    ax.tick_params(which="minor", labelsize=7)
+    # one size for every label: a log axis labels decades as major ticks and 2, 5...
+    # as minor ones, and "1000" printed larger than its neighbour "2000" reads as
+    # a different kind of number
+    ax.tick_params(which="both", labelsize=TICK_SIZE)
 
 
 # ------------------------------------------------------------------ points
@@ -167,6 +171,28 @@ def label_points(ax, runs: list[Run], xs, ys, colour: str, below: bool = False) 
             alpha=0.85,
             gid="point-label",
         )
+
+
+def declutter_labels(fig, max_moves: int = 6) -> None:
+    """Moves point labels that would print over one another: each label, in drawing
+    order, steps away from its point (up when it sits above it, down when below)
+    by its own height until it overlaps no label placed before it. Runs that share
+    a size and a nearly equal error (one size, two data fractions) otherwise print
+    their labels on top of each other."""
+    fig.canvas.draw()  # positions after the (constrained) layout
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        placed = []
+        for t in [t for t in ax.texts if t.get_gid() == "point-label"]:
+            box = t.get_window_extent(renderer)
+            for _ in range(max_moves):
+                if not any(box.overlaps(p) for p in placed):
+                    break
+                dx, dy = t.xyann
+                step = box.height * 72.0 / fig.dpi + 0.5  # display pixels -> points
+                t.xyann = (dx, dy + (step if dy >= 0 else -step))
+                box = t.get_window_extent(renderer)
+            placed.append(box)
 
 
 def draw_points(
@@ -307,16 +333,25 @@ def draw_fit(ax, entry: FitEntry, x: dict, axis: str, colour: str, **line) -> np
     return y
 
 
-def fit_notes(ax, entries: list[tuple[FitEntry, str]], warnings_in_axes: bool = True) -> None:
+def fit_notes(
+    ax,
+    entries: list[tuple[FitEntry, str]],
+    warnings_in_axes: bool = True,
+    missing: list[tuple[str, str]] | None = None,
+) -> None:
     """Under the axes, one line per fit: family, formula, exponents with intervals,
-    verdict and why there is no band; inside the axes, in red, its warnings."""
+    verdict and why there is no band; then one line per family drawn without a fit
+    saying why (`missing`: text and colour); inside the axes, in red, the warnings."""
     anchor = ax.xaxis.label
+    lines = []
     for e, colour in entries:
         res = e.result
         text = f"{e.family}, L({', '.join(res.law.axes)}): {formula(res)}   {exponent_text(res)}"
         text += f";  {res.quality.get('verdict', '?')} fit"
         if note := band_note(res):
             text += f";  {note}"
+        lines.append((text, colour))
+    for text, colour in lines + list(missing or []):
         anchor = ax.annotate(
             text,
             (0.5, 0),

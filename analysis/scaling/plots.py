@@ -30,6 +30,7 @@ from analysis.scaling.figparts import (
     DATA_LABEL,
     EXPONENT,
     colours,
+    declutter_labels,
     draw_fit,
     draw_points,
     fit_notes,
@@ -37,6 +38,7 @@ from analysis.scaling.figparts import (
     marker_handles,
     metric_label,
     metric_unit,
+    plain_number,
     plain_ticks,
     save,
     set_ylim,
@@ -89,7 +91,7 @@ def loss_vs_axis_figure(an: Analysis, metric: str, axis: str):
     """Loss against N or D, fitted curves and bands; None if nothing to draw."""
     cols = colours(an.families)
     fig, ax = plt.subplots(figsize=(9, 5.4), layout="constrained")
-    drawn, used, ys_all, notes, banded = False, set(), [], [], False
+    drawn, used, ys_all, notes, banded, missing = False, set(), [], [], False, []
     measure, pm = an.settings.data_measure, an.settings.param_measure
     for fam in an.families:
         laws = an.fits.get(fam, {}).get(metric, {})
@@ -122,6 +124,7 @@ def loss_vs_axis_figure(an: Analysis, metric: str, axis: str):
             notes.append((laws["ND"], cols[fam]))
         else:
             ax.plot([], [], "o", color=cols[fam], label=f"{fam} (no fit)")
+            missing.append((_no_fit_note(fam, axis, xs), cols[fam]))
         banded |= bool(shown) and laws[shown].result.has_ci
     if not drawn:
         plt.close(fig)
@@ -137,8 +140,19 @@ def loss_vs_axis_figure(an: Analysis, metric: str, axis: str):
     ax.grid(True, which="both", alpha=0.3)
     plain_ticks(ax)
     legend_outside(ax, marker_handles(used) + ([_band_handle(an)] if banded else []))
-    fit_notes(ax, notes)
+    fit_notes(ax, notes, missing=missing)
     return fig
+
+
+def _no_fit_note(family: str, axis: str, xs: np.ndarray) -> str:
+    """Why a family's points stand without a curve, for the line under the axes."""
+    x = xs[np.isfinite(xs)]
+    if num_distinct(x) < 2:
+        return (
+            f"{family}: no L({axis}) fit: its {len(x)} run(s) share one {axis} = "
+            f"{plain_number(float(x[0]))}, nothing varies along {axis}"
+        )
+    return f"{family}: no L({axis}) fit: too few runs ({len(x)}); report.md lists why"
 
 
 def loss_vs_compute_figure(an: Analysis, metric: str):
@@ -318,6 +332,7 @@ def figures(an: Analysis, metric: str) -> dict:
         if kind == "vs_D" and not _has_d(an, metric):
             continue
         if (fig := draw(an, metric)) is not None:
+            declutter_labels(fig)
             out[kind] = fig
     return out
 

@@ -317,3 +317,35 @@ def test_point_labels_tell_the_branches_of_a_ladder_apart():
     branches = [Run(f"b{k}", "b", size="w16", axes={"data_fraction": 1.0},
                     ladder={"role": "cooldown", "decay_at": f}) for k, f in enumerate((0.25, 1.0))]
     assert [point_label(r) for r in branches] == ["w16, 100%, cd@0.25", "w16, 100%, cd@1"]
+
+
+def test_one_size_study_labels_apart_no_fit_note_and_even_tick_sizes(tmp_path):
+    """The smoke study's shape: one size, two data fractions with nearly equal
+    errors. Its two point labels would print on top of each other, and the N
+    figure has points but no curve: it must say why."""
+    flat = {"E": 0.35, "B": 0.01, "beta": 0.3}
+    make_study(tmp_path, {"pet-direct": flat}, [5e3], [2e3, 4e3], noise=0.0)
+    an = analyse(load_study(tmp_path), Settings(**FAST), [METRIC])
+    out = figures(an, METRIC)
+    fig = out["vs_N"]
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    r = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts if t.get_gid() == "point-label"]
+    assert sorted(t.get_text() for t in labels) == ["n0, 100%", "n0, 50%"]
+    a, b = (t.get_window_extent(r) for t in labels)
+    assert not boxes_overlap(a, b), "point labels print over each other"
+    (note,) = texts(ax, "fit-note")
+    assert note.startswith("pet-direct: no L(N) fit") and "share one N = 5000" in note
+    assert "pet-direct (no fit)" in legend_texts(ax)
+    assert_no_overlap(fig)
+    for kind, f in out.items():
+        for a_ in f.axes:
+            for axis in (a_.xaxis, a_.yaxis):
+                sizes = {
+                    t.get_fontsize()
+                    for t in axis.get_ticklabels(minor=False) + axis.get_ticklabels(minor=True)
+                    if t.get_text() and t.get_visible()
+                }
+                assert len(sizes) <= 1, (kind, sizes)
+        plt.close(f)
