@@ -95,10 +95,28 @@ class TorchEngine(Engine):
         self._micro = sd["micro"]
 
 
+def skip_shared_memory_kernel() -> bool:
+    """A lone CPU process does not build DeepSpeed's shared-memory all-reduce op.
+
+    On the CPU accelerator DeepSpeed compiles that C++ op at its first
+    initialisation (30-85 s on a fresh machine, a few seconds to load once
+    cached); it speeds up all-reduces between processes on one host, so a
+    process alone in its group has no use for it. Returns True when skipped.
+    """
+    import deepspeed.comm.torch as ds_comm
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 or torch.cuda.is_available():
+        return False
+    ds_comm.build_shm_op = lambda: None
+    return True
+
+
 class DeepSpeedEngine(Engine):
     def __init__(self, model, optimizer, lr_lambda, optim: OptimConfig, engine: EngineConfig):
         import deepspeed
 
+        skip_shared_memory_kernel()
         self.precision = engine.precision
         config = {
             "train_micro_batch_size_per_gpu": 1,
