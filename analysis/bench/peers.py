@@ -1,6 +1,7 @@
 """Peers, measured side by side: metatrain's PET and mace-torch's trainer against ours.
 
-    python -m analysis.bench.peers --out runs/bench/peers.json [--structures 320]
+    python -m analysis.bench.peers --out runs/bench/peers.json \\
+        [--structures 240] [--val-structures 64]
     python -m analysis.bench --only peers
     BENCH_SKIP_PEERS=1 make bench        # every other benchmark; peers.json says why
 
@@ -59,7 +60,8 @@ PEER_REQUIREMENTS = ("torch==2.13.0", "metatrain==2026.4.*", "mace-torch")
 BATCH_STRUCTURES = 8
 CUTOFF_A = 5.0
 THREADS = 2
-DEFAULT_STRUCTURES = 320  # ~7% of the 4 735 training structures; ~20 min in all on 2 cores
+DEFAULT_STRUCTURES = 240  # 5% of the 4 735 training structures (30 steps); ~25 min, 2 cores
+DEFAULT_VAL_STRUCTURES = 64  # the first 64 of the 290 validation structures, in file order
 
 # metatrain PET (about 731k parameters on four elements).
 MTT_PET_MODEL = {"cutoff": CUTOFF_A, "d_pet": 64, "d_head": 64, "d_node": 128,
@@ -236,13 +238,15 @@ def mace_args(train_xyz: str, val_xyz: str, seed: int = 0) -> list[str]:
 
 
 def our_args(family: str, forces: str, data: Path, run_dir: Path, fraction: float,
-             num_structures: int) -> list[str]:
-    """``python -m train`` overrides: one pass over the subset, 8 structures a batch."""
+             num_structures: int, max_atoms: int) -> list[str]:
+    """``python -m train`` overrides: one pass over the subset, 8 structures a batch
+    (``max_atoms``: an atom budget that 8 of the largest structures fit; it also
+    sizes the batch our FLOPs count is measured on at start-up)."""
     knobs = OUR_PET_KNOBS if family == "pet" else OUR_MACE_KNOBS
-    over = [f"model.knobs.{k}={json.dumps(v)}" for k, v in knobs.items()]
+    over = [f"model.knobs.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in knobs.items()]
     return [f"data.root={data}", f"model={family}", "size=xxs", f"forces={forces}", *over,
             f"data.fraction={fraction!r}", f"data.max_structures={BATCH_STRUCTURES}",
-            "data.max_atoms=4096", "data.val_max_structures=8",
+            f"data.max_atoms={max_atoms}", "data.val_max_structures=8",
             f"trainer.max_steps={-(-num_structures // BATCH_STRUCTURES)}",
             "trainer.val_every=0", "trainer.checkpoint_every=0", f"trainer.threads={THREADS}",
             "trainer.progress=none", "logger=none", f"run_dir={run_dir}", "seed=0"]
@@ -293,12 +297,12 @@ def timing(t_launch: float, t_first: float, t_end: float, atoms: int,
 
 
 def run_ours(name: str, family: str, forces: str, data: Path, fraction: float,
-             num_structures: int, work: Path) -> dict:
+             num_structures: int, max_atoms: int, work: Path) -> dict:
     run_dir = work / name
     shutil.rmtree(run_dir, ignore_errors=True)
     load = load_average()
     cmd = [sys.executable, "-m", "train",
-           *our_args(family, forces, data, run_dir, fraction, num_structures)]
+           *our_args(family, forces, data, run_dir, fraction, num_structures, max_atoms)]
     t0, lines = run_stamped(cmd, REPO, work / f"{name}.log")
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "atoms_per_s" in r]
@@ -431,7 +435,8 @@ def verdicts(runs: dict) -> dict:
 # ----------------------------------------------------------------------- main
 
 def run(num_structures: int = DEFAULT_STRUCTURES, work: Path = WORK,
-        only: tuple[str, ...] | None = None) -> dict:
+        only: tuple[str, ...] | None = None,
+        num_val: int | None = DEFAULT_VAL_STRUCTURES) -> dict:
     reason = skip_reason()
     if reason:
         return {"skipped": reason}
@@ -442,27 +447,36 @@ def run(num_structures: int = DEFAULT_STRUCTURES, work: Path = WORK,
     fraction, chosen = training_subset(data, num_structures)
     from data_pipelines.dataset import iter_split
 
+    seen = {int(z) for s in chosen for z in s.numbers}
+    if not seen >= set(OUR_MACE_KNOBS["elements"]):
+        # the peers model only the elements they trained on, and the timed cell has all four
+        raise ValueError(f"--structures {num_structures}: the subset holds elements "
+                         f"{sorted(seen)}, not all of {OUR_MACE_KNOBS['elements']}; take more")
     train_xyz, val_xyz = work / "train.xyz", work / "val.xyz"
     atoms = export(chosen, train_xyz)
-    export(list(iter_split(str(data), "val")), val_xyz)
+    val = list(iter_split(str(data), "val"))
+    val_atoms = export(val[:num_val], val_xyz)
     # The peers' own validation during training: a few structures, so it costs
     # about as little as ours (which validates only after the pass).
     tiny_val = work / "val-8.xyz"
-    export(list(iter_split(str(data), "val"))[:BATCH_STRUCTURES], tiny_val)
+    export(val[:BATCH_STRUCTURES], tiny_val)
     cell = cell_file(work / "cell-128.xyz")
     res: dict = {"num_structures": len(chosen), "num_atoms": atoms, "fraction": fraction,
+                 "num_val_structures": len(val[:num_val]), "num_val_atoms": val_atoms,
                  "batch_structures": BATCH_STRUCTURES, "threads": THREADS,
                  "peer_versions": env.get("versions"), "runs": {}}
+    max_atoms = BATCH_STRUCTURES * max(s.num_atoms for s in chosen)
+    n = len(chosen)
     # Ours and the peers alternate, so a change in the machine's load hits both.
     plan = [
-        ("pet-direct", lambda: run_ours("pet-direct", "pet", "direct", data, fraction,
-                                        len(chosen), work)),
+        ("pet-direct", lambda: run_ours("pet-direct", "pet", "direct", data, fraction, n,
+                                        max_atoms, work)),
         ("metatrain-pet", lambda: run_mtt(py, train_xyz, tiny_val, atoms, work)),
         ("pet-conservative", lambda: run_ours("pet-conservative", "pet", "conservative", data,
-                                              fraction, len(chosen), work)),
+                                              fraction, n, max_atoms, work)),
         ("mace-run-train", lambda: run_mace(py, train_xyz, tiny_val, atoms, work)),
-        ("mace", lambda: run_ours("mace", "mace", "conservative", data, fraction,
-                                  len(chosen), work)),
+        ("mace", lambda: run_ours("mace", "mace", "conservative", data, fraction, n,
+                                  max_atoms, work)),
     ]
     for name, fn in plan:
         if only and name not in only:
@@ -493,9 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench/peers.json")
     p.add_argument("--structures", type=int, default=DEFAULT_STRUCTURES,
                    help="training structures each tool sees once")
+    p.add_argument("--val-structures", type=int, default=DEFAULT_VAL_STRUCTURES,
+                   help="validation structures (file order) behind the error columns; 0: all")
     p.add_argument("--only", default=None, help="comma-separated run names")
     args = p.parse_args(argv)
-    res = run(args.structures, only=tuple(args.only.split(",")) if args.only else None)
+    res = run(args.structures, only=tuple(args.only.split(",")) if args.only else None,
+              num_val=args.val_structures or None)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
     if "skipped" in res:

@@ -88,8 +88,9 @@ def test_our_pet_matches_metatrain_pet_parameters_within_ten_percent():
 
     ours = count_parameters("pet", "xxs", **peers.OUR_PET_KNOBS)
     assert abs(ours / 731_000 - 1) <= peers.PARAM_TOLERANCE  # metatrain: ~731k
-    args = peers.our_args("pet", "direct", peers.REPO, peers.REPO / "r", 0.1, 20)
+    args = peers.our_args("pet", "direct", peers.REPO, peers.REPO / "r", 0.1, 20, 528)
     assert "trainer.max_steps=3" in args and "data.max_structures=8" in args
+    assert "data.max_atoms=528" in args
     assert "model.knobs.d_edge=64" in args and "data.fraction=0.1" in args
 
 
