@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,17 @@ class Phases:
     def __init__(self):
         self.t = time.perf_counter()
         self.seconds: dict[str, float] = {}
+        # from the process's start when it was started for this run (python -m
+        # train): the interpreter, imports and the config
+        if Path(sys.argv[0] if sys.argv else "").parts[-2:] != ("train", "__main__.py"):
+            return
+        try:
+            import psutil
+
+            since = time.time() - psutil.Process().create_time()
+            self.seconds["imports and config"] = round(since, 3)
+        except (ImportError, OSError):
+            pass
 
     def mark(self, phase: str) -> None:
         now = time.perf_counter()

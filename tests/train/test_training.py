@@ -42,6 +42,8 @@ def test_one_process_run_writes_the_contract_and_learns(emt_shards, tmp_path):
         assert key in summary, key
     assert summary["steps"] == 60 and summary["status"] == "finished"
     assert summary["flops_per_atom"] > 0 and summary["num_params"] < 10_000
+    # the command's start-up is timed from the process's start, imports included
+    assert 0 < summary["startup_s"]["imports and config"] < 300
     assert (run / "config.yaml").exists() and (run / "model.pt").exists()
     git = json.loads((run / "git.json").read_text())
     assert set(git) == {"commit", "dirty"}
