@@ -162,6 +162,14 @@ def run_benchmark(
         torch.manual_seed(seed)
         model = build_model(family, size, forces=forces, **overrides)
         models[name] = model.to(dev, dtype).eval().requires_grad_(False)
+    # counted FLOPs per atom of one call (matrix products and attention), from
+    # the first cell: the per-atom cost is flat in the cell size (see exponents)
+    flops = {}
+    for name, model in models.items():
+        batch = batch_structures([cells[0]], cutoff=model.cutoff, dtype=dtype)
+        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+        flops[name] = model.flops_per_atom(batch)["forward"]
+        model.eval().requires_grad_(False)
     rows: list[dict] = []
     for cell in cells:
         calls = {}
@@ -192,6 +200,7 @@ def run_benchmark(
                     "us_per_atom": 1e6 * best[name] / cell.num_atoms,
                     "cpu_us_per_atom": 1e6 * best_cpu[name] / cell.num_atoms,
                     "peak_bytes_per_atom": memory / cell.num_atoms,
+                    "achieved_gflop_per_s": flops[name] / best[name] * cell.num_atoms / 1e9,
                 }
             )
             print(
@@ -215,9 +224,25 @@ def run_benchmark(
         "timing": "best wall (and process CPU) time of round-robin energy+forces+stress "
         "calls, frozen weights, neighbour lists excluded",
         "models": info,
+        "flops_per_atom_forward": flops,
+        "cpu_peak_gflop_per_s_estimate": cpu_peak_gflops(threads) if device == "cpu" else None,
         "results": rows,
         "summary": summarise(rows),
     }
+
+
+def cpu_peak_gflops(threads: int) -> float | None:
+    """Rough fp32 peak of ``threads`` cores: clock x FLOP per cycle (two FMA units:
+    32 with AVX-512, 16 with AVX2 only), from /proc/cpuinfo; None where unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    mhz = [float(line.split(":")[1]) for line in text.splitlines() if line.startswith("cpu MHz")]
+    if not mhz:
+        return None
+    per_cycle = 32 if " avx512f" in text else 16 if " avx2" in text else 8
+    return threads * max(mhz) / 1e3 * per_cycle
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -237,6 +262,7 @@ def summarise(rows: list[dict]) -> dict:
             "us_per_atom": {r["num_atoms"]: r["us_per_atom"] for r in points},
             "cpu_us_per_atom": {r["num_atoms"]: r["cpu_us_per_atom"] for r in points},
             "peak_kib_per_atom": {r["num_atoms"]: r["peak_bytes_per_atom"] / 1024 for r in points},
+            "achieved_gflop_per_s": {r["num_atoms"]: r["achieved_gflop_per_s"] for r in points},
             "us_per_atom_monbtaw_128": peer[0] if peer else None,
         }
     for pair in sorted({name.split("@")[1] for name in summary}):
