@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ase.data import chemical_symbols
 from data_pipelines import schema as K
 from data_pipelines.atomic import write_text
 from data_pipelines.loader import LoaderConfig, StreamingLoader
+from data_pipelines.schema import DataError
 from train.losses import VAL_UNITS, ErrorSums
 from train.trainer import check_elements, element_mask, to_device
 
@@ -39,6 +41,11 @@ NO_TYPE = "(none)"  # structures whose data carries no configuration type
 def resolve_model_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
+        if not (path / "model.pt").exists() and not (path / "config.yaml").exists():
+            raise ValueError(
+                f"{path}: not a run directory (no model.pt, no config.yaml); give a run "
+                "directory of python -m train or an exported model file"
+            )
         if not (path / "model.pt").exists():
             from train.export import export_run
 
@@ -197,21 +204,25 @@ def evaluate(
 
 
 def _gather(points, batch: dict, out: dict) -> None:
-    """Adds a batch's labelled predictions to the parity points."""
+    """Adds a batch's labelled predictions to the parity points, each with the
+    configuration type of its structure (colours in the plots)."""
     has_e = batch[K.HAS_ENERGY]
     n = batch[K.NUM_ATOMS].double()
+    types = np.array(batch.get(K.CONFIG_TYPE) or [None] * len(n), dtype=object)
     points.add(
         "energy_per_atom",
         (out[K.ENERGY].detach().double() / n)[has_e].numpy(),
         (batch[K.ENERGY].double() / n)[has_e].numpy(),
+        types[has_e.numpy()],
     )
     atoms = batch[K.HAS_FORCES][batch[K.BATCH]]
     points.add("forces", out[K.FORCES].detach()[atoms].double().numpy(),
-               batch[K.FORCES][atoms].double().numpy())
+               batch[K.FORCES][atoms].double().numpy(),
+               types[batch[K.BATCH][atoms].numpy()])
     if K.STRESS in out:
         has_s = batch[K.HAS_STRESS]
         points.add("stress", out[K.STRESS].detach()[has_s].double().numpy(),
-                   batch[K.STRESS][has_s].double().numpy())
+                   batch[K.STRESS][has_s].double().numpy(), types[has_s.numpy()])
 
 
 # Table rows: quantity -> (label, shown unit, factor from the JSON unit, what counts).
@@ -240,8 +251,9 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), *(line(r) for r in rows)]
 
 
-def format_report(result: dict, prefix: str) -> str:
-    """The human form of an `evaluate` result: tables with units and a summary line."""
+def format_report(result: dict, prefix: str, written: str | None = None) -> str:
+    """The human form of an `evaluate` result: tables with units, the files
+    written (`written`: the JSON file) and a summary line."""
     lines = [
         f"model  {result['model']} ({result['forces']} forces)",
         f"data   {result['data']}, split {result['split']}: {result['num_structures']} "
@@ -277,6 +289,8 @@ def format_report(result: dict, prefix: str) -> str:
         lines += _table(["element", "atoms", "MAE meV/A", "RMSE meV/A"], body)
     for path in result.get("parity_plots", []):
         lines.append(f"parity plot: {path}")
+    if written:
+        lines.append(f"metrics (eV units, JSON): {written}")
     lines += ["", summary_line(result, prefix)]
     return "\n".join(lines)
 
@@ -311,14 +325,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parity", default=None, metavar="DIR",
                    help="write parity plots (PNG) of energy per atom, forces, stress here")
     args = p.parse_args(argv)
-    result = evaluate(args.model, args.data, args.split, args.forces, args.max_atoms,
-                      prefix=args.split, parity=args.parity)
+    try:
+        result = evaluate(args.model, args.data, args.split, args.forces, args.max_atoms,
+                          prefix=args.split, parity=args.parity)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        # a wrong path, split or model file: one line, not a traceback (MLIP_DEBUG=1: both)
+        if os.environ.get("MLIP_DEBUG"):
+            raise
+        print(f"python -m train.evaluate: error: {_plain(err)}", file=sys.stderr)
+        return 2
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_text(args.out, text)
-    print(text if args.json else format_report(result, args.split))
+    print(text if args.json else format_report(result, args.split, args.out))
     return 0
+
+
+def _plain(err: Exception) -> str:
+    """An error's message; for a missing file, which file."""
+    if isinstance(err, FileNotFoundError) and err.filename:
+        what = "run directory or model file" if not Path(str(err.filename)).suffix else "file"
+        return f"no such {what}: {err.filename}"
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 One figure per quantity: energy per atom (eV/atom), force components (eV/A)
 and stress components (eV/A^3, ASE sign), each with the y = x line and its MAE
-and RMSE written on it. Written by ``python -m train.evaluate ... --parity DIR``.
+and RMSE written on it. Where the data carries configuration types (mlearn
+groups, extended XYZ ``config_type``), each type has its own colour and legend
+entry, with its MAE, so the points behind evaluate's per-type table can be
+told apart. Written by ``python -m train.evaluate ... --parity DIR``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from data_pipelines.atomic import write_bytes  # noqa: E402
 # Beyond this many points a scatter is one blot and slow to draw: a seeded
 # random subset is plotted (the MAE on the figure is still over every point).
 MAX_POINTS = 100_000
+# Beyond this many configuration types a legend is a list nobody reads: one colour.
+MAX_GROUPS = 10
+NO_GROUP = "(none)"
 
 QUANTITIES = {
     "energy_per_atom": ("energy per atom", "eV/atom", "total energy / atoms"),
@@ -37,16 +43,33 @@ class ParityPoints:
 
     pred: dict[str, list[np.ndarray]] = field(default_factory=dict)
     ref: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    group: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
-    def add(self, quantity: str, pred: np.ndarray, ref: np.ndarray) -> None:
-        if pred.size:
-            self.pred.setdefault(quantity, []).append(np.asarray(pred, np.float64).ravel())
-            self.ref.setdefault(quantity, []).append(np.asarray(ref, np.float64).ravel())
+    def add(self, quantity: str, pred: np.ndarray, ref: np.ndarray,
+            groups: list | np.ndarray | None = None) -> None:
+        """Values of one batch; `groups` names the configuration type of each
+        leading row of `pred` (a structure, or an atom for forces), or None."""
+        pred = np.asarray(pred, np.float64)
+        if not pred.size:
+            return
+        per_row = pred.size // max(len(pred), 1)
+        names = [NO_GROUP] * len(pred) if groups is None else [g or NO_GROUP for g in groups]
+        if len(names) != len(pred):
+            raise ValueError(f"{quantity}: {len(names)} configuration types for {len(pred)} rows")
+        self.pred.setdefault(quantity, []).append(pred.ravel())
+        self.ref.setdefault(quantity, []).append(np.asarray(ref, np.float64).ravel())
+        self.group.setdefault(quantity, []).append(np.repeat(np.array(names, object), per_row))
 
     def arrays(self, quantity: str) -> tuple[np.ndarray, np.ndarray] | None:
         if quantity not in self.pred:
             return None
         return np.concatenate(self.pred[quantity]), np.concatenate(self.ref[quantity])
+
+    def groups(self, quantity: str) -> np.ndarray | None:
+        """The configuration type of every value of `quantity`, or None."""
+        if quantity not in self.group:
+            return None
+        return np.concatenate(self.group[quantity])
 
 
 def write_parity_plots(points: ParityPoints, out_dir: str | Path, title: str) -> list[Path]:
@@ -68,13 +91,28 @@ def write_parity_plots(points: ParityPoints, out_dir: str | Path, title: str) ->
         if got is None:
             continue
         path = out / f"parity_{quantity}.png"
-        _figure(*got, what, unit, f"{title}\n{what} ({detail})", path)
+        fig = parity_figure(*got, what, unit, f"{title}\n{what} ({detail})",
+                            points.groups(quantity))
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        write_bytes(path, buf.getvalue())
         written.append(path)
     return written
 
 
-def _figure(pred: np.ndarray, ref: np.ndarray, what: str, unit: str, title: str,
-            path: Path) -> None:
+def parity_figure(pred: np.ndarray, ref: np.ndarray, what: str, unit: str, title: str,
+                  groups: np.ndarray | None = None):
+    """The parity figure of one quantity (not saved; the caller closes it).
+
+    Args:
+        pred, ref: predicted and reference values, flat and aligned.
+        what, unit: the quantity's name and unit for the axis labels.
+        title: the figure title.
+        groups: the configuration type of each value, or None. With 2 to
+            MAX_GROUPS types, each is drawn in its own colour with its MAE in
+            the legend.
+    """
     err = pred - ref
     mae, rmse = float(np.abs(err).mean()), float(np.sqrt(np.square(err).mean()))
     shown = np.arange(pred.size)
@@ -88,7 +126,15 @@ def _figure(pred: np.ndarray, ref: np.ndarray, what: str, unit: str, title: str,
     fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=120)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", lw=0.8, label="y = x")
     size = 12 if shown.size < 2000 else 4  # a few points must still be seen
-    ax.scatter(ref[shown], pred[shown], s=size, alpha=0.35, color="tab:blue", linewidths=0)
+    names = [] if groups is None else sorted(set(groups), key=lambda g: (g == NO_GROUP, g))
+    if 2 <= len(names) <= MAX_GROUPS:
+        for k, name in enumerate(names):
+            sel = shown[groups[shown] == name]
+            mae_g = float(np.abs(err[groups == name]).mean())
+            ax.scatter(ref[sel], pred[sel], s=size, alpha=0.5, color=f"C{k}", linewidths=0,
+                       label=f"{name}: MAE {mae_g:.3g}")
+    else:
+        ax.scatter(ref[shown], pred[shown], s=size, alpha=0.35, color="tab:blue", linewidths=0)
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_aspect("equal")
@@ -98,9 +144,10 @@ def _figure(pred: np.ndarray, ref: np.ndarray, what: str, unit: str, title: str,
     ax.text(0.03, 0.97, f"MAE {mae:.4g} {unit}\nRMSE {rmse:.4g} {unit}\n{note}",
             transform=ax.transAxes, va="top", fontsize=8,
             bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.9})
-    ax.legend(loc="lower right", fontsize=8)
+    legend = ax.legend(loc="lower right", fontsize=7, markerscale=1.5,
+                       title="configuration type" if len(names) >= 2 else None,
+                       title_fontsize=7)
+    for handle in legend.legend_handles:
+        handle.set_alpha(1.0)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    return fig

@@ -73,6 +73,7 @@ def test_cli_table_json_and_parity(typed_shards, tmp_path):
     for needle in ("meV/atom", "meV/A", "meV/A^3", "MAE by configuration type", "Surface",
                    "forces by element", "Cu"):
         assert needle in text, needle
+    assert f"metrics (eV units, JSON): {out}" in text
     last = text.strip().splitlines()[-1]
     assert last.startswith("test MAE: energy ") and "meV/A" in last and "24 structures" in last
     data = json.loads(out.read_text())
@@ -98,3 +99,67 @@ def test_parity_points_are_the_labels(typed_shards, tmp_path):
     pred, ref = points.arrays("forces")
     assert np.array_equal(pred - ref, [-0.5, 0.0, 1.0])
     assert points.arrays("stress") is None
+
+
+def test_parity_points_carry_each_values_configuration_type(typed_shards):
+    """Every parity value is tagged with its structure's type: one per structure for
+    energy, three per atom for forces, nine per structure for stress."""
+    import torch
+
+    from data_pipelines import schema as K
+    from data_pipelines.loader import LoaderConfig, StreamingLoader
+    from train.evaluate import _gather
+    from train.export import load_model
+    from train.parity import ParityPoints
+
+    model, _ = load_model(MODEL)
+    loader = StreamingLoader(LoaderConfig(root=typed_shards, split="test", cutoff=model.cutoff,
+                                          max_atoms=512, shuffle=False))
+    points, want = ParityPoints(), {"energy_per_atom": {}, "forces": {}, "stress": {}}
+    for batch in loader:
+        with torch.no_grad():
+            out = model(batch)
+        _gather(points, batch, out)
+        for name, n in zip(batch[K.CONFIG_TYPE], batch[K.NUM_ATOMS].tolist()):
+            name = name or "(none)"
+            for q, per in (("energy_per_atom", 1), ("forces", 3 * n), ("stress", 9)):
+                want[q][name] = want[q].get(name, 0) + per
+    for q, counts in want.items():
+        groups = points.groups(q)
+        assert len(groups) == len(points.arrays(q)[0])
+        got = {g: int((groups == g).sum()) for g in set(groups)}
+        assert got == counts, q
+
+
+def test_parity_figure_has_a_colour_and_an_mae_per_configuration_type():
+    import matplotlib.pyplot as plt
+
+    from train.parity import parity_figure
+
+    ref = np.linspace(-1, 1, 12)
+    pred = ref + np.repeat([0.1, -0.3, 0.0], 4)
+    groups = np.array(["Surface"] * 4 + ["AIMD"] * 4 + ["(none)"] * 4, dtype=object)
+    fig = parity_figure(pred, ref, "force components", "eV/Å", "t", groups)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["y = x", "AIMD: MAE 0.3", "Surface: MAE 0.1", "(none): MAE 0"]
+    assert fig.axes[0].get_legend().get_title().get_text() == "configuration type"
+    colours = {tuple(c.get_facecolor()[0][:3]) for c in fig.axes[0].collections}
+    assert len(colours) == 3
+    plt.close(fig)
+    one = parity_figure(pred, ref, "force components", "eV/Å", "t", None)
+    assert [t.get_text() for t in one.axes[0].get_legend().get_texts()] == ["y = x"]
+    plt.close(one)
+
+
+def test_cli_bad_input_is_one_line_naming_it(typed_shards, tmp_path):
+    runs = [
+        ([str(MODEL), "--data", typed_shards, "--split", "tst"], "no split 'tst'"),
+        ([str(tmp_path / "nope"), "--data", typed_shards], f"{tmp_path / 'nope'}"),
+        ([str(tmp_path), "--data", typed_shards], "not a run directory"),
+    ]
+    for args, needle in runs:
+        proc = subprocess.run([sys.executable, "-m", "train.evaluate", *args], cwd=REPO,
+                              capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
