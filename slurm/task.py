@@ -26,7 +26,10 @@ def train_once(overrides: list[str], run_dir: Path, progress: bool = False) -> d
 
     (run_dir / "error.txt").unlink(missing_ok=True)
     try:
-        cfg = to_object(compose([*overrides, f"trainer.progress={'bar' if progress else 'auto'}"]))
+        # a bar on a terminal only: redirected to a file its carriage returns make
+        # one unreadable line, so there (and in SLURM logs) periodic lines
+        mode = "auto" if progress else "lines"
+        cfg = to_object(compose([*overrides, f"trainer.progress={mode}"]))
         return run(cfg)
     except ConfigError as err:
         first = str(err).splitlines()[0]
