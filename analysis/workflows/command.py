@@ -10,6 +10,8 @@ and its settings dataclass, by :func:`analysis.workflows.settings.add_arguments`
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from analysis.workflows.model import ModelOptions
@@ -53,5 +55,12 @@ def main(name: str, argv: list[str] | None = None) -> dict:
         result = workflow.run(model, structures, settings, args.out)
     except FileNotFoundError as err:  # a missing model or structures file: the person's input
         parser.error(str(err))
+    except ValueError as err:
+        # input the workflow cannot use (an element the model lacks, an empty
+        # structures file): one line, not a traceback; MLIP_DEBUG=1 shows both
+        if os.environ.get("MLIP_DEBUG"):
+            raise
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(workflow.summary(model, settings, result, args.out))
     return result

@@ -132,6 +132,33 @@ def _cached(path: Path, compute) -> dict:
     return json.loads(path.read_text())
 
 
+def check_elements(spec: str, quick: bool = False) -> None:
+    """Stops before any work when the model lacks an element of the built-in
+    structures the tests relax and take phonons of (EMT's metals).
+
+    Raises:
+        ValueError: naming the elements missing and what to run instead.
+    """
+    from ase.data import chemical_symbols
+
+    from analysis.workflows.model import get_calculator, supported_symbols
+
+    known = supported_symbols(get_calculator(spec))
+    if known is None:
+        return
+    specs = [*(QUICK_RELAX if quick else RELAX_SETS), *(f"builtin:{n}" for n in PHONON_NAMES)]
+    needed = {el for s in specs for _, atoms in load_structures(s)
+              for el in atoms.get_chemical_symbols()}
+    missing = sorted(needed - known, key=chemical_symbols.index)
+    if missing:
+        raise ValueError(
+            f"model {spec!r} knows {', '.join(sorted(known))}, but the practical tests relax "
+            f"and take phonons of EMT metals and need {', '.join(missing)} too: train on EMT "
+            "data (python -m data_pipelines.generate --calculator emt), or run relax, phonons "
+            "or symmetry with --structures of the model's own elements"
+        )
+
+
 def evaluate_variant(
     name: str,
     options: ModelOptions,
@@ -271,6 +298,7 @@ def run(
     model_kind(model.spec)  # FileNotFoundError for a missing model file
     out = Path(out)
     variants = {v: parse_variant(v, model.spec) for v in settings.variants}
+    check_elements(model.spec, settings.quick)
     tests = (
         load_test_structures(settings.test_data, settings.num_test)
         if structures is None
