@@ -84,14 +84,23 @@ def band_figure(
             labels.append(lab)
     for sx in ticks:
         ax.axvline(sx, color="0.8", lw=0.8)
-    ax.axhline(0.0, color="k", lw=0.6)
+    ax.axhline(0.0, color="k", lw=0.6, zorder=1)  # under the bands: a flat model shows
     ax.set_xticks(ticks, labels)
     ax.set_xlim(x[0], x[-1])
     ax.set_xlabel("wave vector (high-symmetry path)")
     ax.set_ylabel("frequency (THz)")
     order = [handles[k] for k in ("model", "reference") if k in handles]
     ax.legend(handles=order, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2, fontsize=8)
-    ax_dos.plot(result["dos"], result["dos_frequencies_thz"], color="C0", label="model")
+    dos = np.asarray(result["dos"])
+    if dos.size:
+        ax_dos.plot(dos, result["dos_frequencies_thz"], color="C0", label="model")
+    else:
+        # phonopy gives no DOS for a flat spectrum: say so rather than leave a blank panel
+        top = float(np.abs(np.asarray(result["path_frequencies_thz"])).max())
+        ax_dos.text(0.5, 0.5, f"no DOS:\nevery model\nfrequency is\n{top:.2g} THz",
+                    transform=ax_dos.transAxes, ha="center", va="center", fontsize=8,
+                    gid="no-dos")
+        ax_dos.set_xticks([])
     ax_dos.set_xlabel("DOS (states/THz)")
     ax_dos.set_title("model DOS", fontsize=9)
     fig.suptitle(title, fontsize=10)

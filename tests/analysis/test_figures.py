@@ -349,3 +349,18 @@ def test_one_size_study_labels_apart_no_fit_note_and_even_tick_sizes(tmp_path):
                 }
                 assert len(sizes) <= 1, (kind, sizes)
         plt.close(f)
+
+
+def test_phonon_figure_of_a_flat_model_spectrum_says_why_the_dos_is_empty():
+    result, ref = _bands()
+    flat = {**result, "path_frequencies_thz": 0 * result["path_frequencies_thz"],
+            "dos": np.zeros(0), "dos_frequencies_thz": np.zeros(0)}
+    fig = band_figure(flat, ref, "Phonon bands: al-fcc (Al)", "m", "emt")
+    fig.canvas.draw()
+    ax, ax_dos = fig.axes
+    assert [t.get_text() for t in ax_dos.texts if t.get_gid() == "no-dos"] == [
+        "no DOS:\nevery model\nfrequency is\n0 THz"]
+    zero = [ln for ln in ax.lines if set(ln.get_ydata()) == {0.0} and ln.get_color() == "k"]
+    model = [ln for ln in ax.lines if ln.get_label() == "model: m"]
+    assert zero and model and zero[0].get_zorder() < model[0].get_zorder()
+    plt.close(fig)
