@@ -145,7 +145,7 @@ def parity_figure(pred: np.ndarray, ref: np.ndarray, what: str, unit: str, title
             transform=ax.transAxes, va="top", fontsize=8,
             bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.9})
     legend = ax.legend(loc="lower right", fontsize=7, markerscale=1.5,
-                       title="configuration type" if len(names) >= 2 else None,
+                       title=f"configuration type (MAE, {unit})" if len(names) >= 2 else None,
                        title_fontsize=7)
     for handle in legend.legend_handles:
         handle.set_alpha(1.0)

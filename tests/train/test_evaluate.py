@@ -142,7 +142,7 @@ def test_parity_figure_has_a_colour_and_an_mae_per_configuration_type():
     fig = parity_figure(pred, ref, "force components", "eV/Å", "t", groups)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend == ["y = x", "AIMD: MAE 0.3", "Surface: MAE 0.1", "(none): MAE 0"]
-    assert fig.axes[0].get_legend().get_title().get_text() == "configuration type"
+    assert fig.axes[0].get_legend().get_title().get_text() == "configuration type (MAE, eV/Å)"
     colours = {tuple(c.get_facecolor()[0][:3]) for c in fig.axes[0].collections}
     assert len(colours) == 3
     plt.close(fig)
