@@ -1,7 +1,8 @@
 """The structures a workflow evaluates: files, or built-in sets so demos need no files.
 
-A *structures spec* is anything ``ase.io.read(FILE, ":")`` reads, or a built-in
-set ``builtin:NAME`` (see :data:`BUILTIN_SETS`).
+A *structures spec* is anything ``ase.io.read(FILE, ":")`` reads, optionally
+with ASE's frame selection ``FILE@0`` or ``FILE@:4``, or a built-in set
+``builtin:NAME`` (see :data:`BUILTIN_SETS`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from train.corrections import symmetry_dataset
 # what a workflow's run() takes: a spec, or (name, atoms) pairs already read
 Structures = str | list[tuple[str, Atoms]]
 STRUCTURES_HELP = (
-    "a file ase.io.read reads, or builtin:metals, builtin:prototypes or one by name "
-    "(builtin:cu-fcc)"
+    "a file ase.io.read reads (FILE@0 or FILE@:4: some of its frames), or builtin:metals, "
+    "builtin:prototypes or one by name (builtin:cu-fcc)"
 )
 
 
@@ -74,7 +75,8 @@ def load_structures(spec: str) -> list[tuple[str, Atoms]]:
     """Read structures as (name, atoms) pairs.
 
     Args:
-        spec: a file ``ase.io.read`` understands (all frames are read), or
+        spec: a file ``ase.io.read`` understands (all frames, or those
+            ``FILE@INDEX`` selects: ``@0``, ``@-1``, ``@:4``, ``@2:10:2``), or
             ``builtin:NAME`` with NAME in :data:`BUILTIN_SETS` (``metals``: fcc
             Cu, Al, Ni, Au, L1_2 Cu3Au and a strained, rattled Cu cell;
             ``prototypes``: bcc and hcp Cu and rock-salt CuAu; or one by name).
@@ -98,16 +100,21 @@ def load_structures(spec: str) -> list[tuple[str, Atoms]]:
         if not pairs:
             raise ValueError(f"unknown built-in structures {spec!r}; choose from {BUILTIN_SETS}")
         return [(n, a.copy()) for n, a in pairs]
-    path = Path(spec)
+    path, selection = Path(spec), None
+    if not path.exists() and "@" in spec:
+        path, selection = Path(spec.rsplit("@", 1)[0]), spec.rsplit("@", 1)[1]
     if not path.exists():
-        raise FileNotFoundError(f"structures file {spec!r} not found (or use builtin:metals)")
+        raise FileNotFoundError(f"structures file {str(path)!r} not found (or use builtin:metals)")
     from ase.io import read
 
     frames = read(path, ":")
     if not frames:
         raise ValueError(f"structures file {spec!r} holds no structures")
+    indices = list(range(len(frames)))
+    if selection is not None:
+        indices = _select(indices, selection, spec)
     named, seen = [], set()
-    for i, atoms in enumerate(frames):
+    for i, atoms in ((i, frames[i]) for i in indices):
         raw = str(atoms.info.get("name") or f"{path.stem}-{i}")
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", raw)
         if name in seen:
@@ -115,6 +122,26 @@ def load_structures(spec: str) -> list[tuple[str, Atoms]]:
         seen.add(name)
         named.append((name, atoms))
     return named
+
+
+def _select(indices: list[int], selection: str, spec: str) -> list[int]:
+    """The frame numbers ``@selection`` picks (an index or a slice, as ASE writes them)."""
+    try:
+        if ":" in selection:
+            parts = [int(p) if p.strip() else None for p in selection.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            picked = indices[slice(*parts)]
+        else:
+            picked = [indices[int(selection)]]
+    except (ValueError, IndexError):
+        raise ValueError(
+            f"structures {spec!r}: @{selection} selects nothing of {len(indices)} frames "
+            "(give an index, @0, or a slice, @:4)"
+        ) from None
+    if not picked:
+        raise ValueError(f"structures {spec!r}: @{selection} selects none of {len(indices)} frames")
+    return picked
 
 
 def spacegroup(atoms: Atoms, symprec: float) -> tuple[int, str]:
