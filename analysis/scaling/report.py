@@ -32,9 +32,16 @@ def summary_lines(an: Analysis) -> list[str]:
             f"{e.family:<18} {e.metric:<26} L({','.join(e.result.law.axes)}) "
             f"{e.result.law.form:<6} {' '.join(parts)} ({e.result.quality['verdict']}{still})"
         )
-    out += [
-        f"skipped: {k['family']} {k['metric']} L({k['law']}): {k['reason']}" for k in an.skipped
-    ]
+    # one line for every law not fitted, not one per law and metric: the reasons
+    # (too few runs, one value of an axis) are in report.md, "Not fitted"
+    laws: dict[str, list[str]] = {}
+    for k in an.skipped:
+        name = f"L({k['law']})"
+        if name not in laws.setdefault(k["family"], []):
+            laws[k["family"]].append(name)
+    if laws:
+        which = "; ".join(f"{fam} {', '.join(names)}" for fam, names in laws.items())
+        out.append(f"not fitted ({len(an.skipped)}, why: report.md, Not fitted): {which}")
     return out
 
 
