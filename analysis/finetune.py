@@ -122,7 +122,8 @@ def tables(points: list[Point], metric: str) -> str:
 
 def figure(points: list[Point], metric: str, path: Path) -> Path:
     """Fine-tuned error against pretraining data size (one line per size) and
-    against parameters (one line per data size), baselines dashed and dotted."""
+    against parameters (one line per data size), baselines dashed and dotted;
+    log x (a tick at each measured value), linear y from 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,11 +155,19 @@ def figure(points: list[Point], metric: str, path: Path) -> Path:
     only = sorted({(p.num_params, p.b_only) for p in points if p.b_only})
     if only:
         right.plot(*zip(*only), ":^", color="k", label="B only")
-    left.set(xscale="log", yscale="log", xlabel="pretraining structures (A)",
+    left.set(xscale="log", xlabel="pretraining structures (A)",
              ylabel=f"{metric} on B", title="error on B vs pretraining data")
-    right.set(xscale="log", yscale="log", xlabel="parameters",
+    right.set(xscale="log", xlabel="parameters",
               ylabel=f"{metric} on B", title="fine-tuned error on B vs model size")
-    for ax in (left, right):
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    # log x with a tick at each measured value, plain numbers; errors on a linear y
+    for ax, ticks in ((left, fractions), (right, sorted({t[2] for t in sizes}))):
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(bottom=0)
         ax.legend(fontsize=6)
     fig.savefig(path, dpi=120)
     plt.close(fig)
