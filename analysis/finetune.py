@@ -168,7 +168,10 @@ def figure(points: list[Point], metric: str, path: Path) -> Path:
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+        else:  # the study has pretrained runs only, so far
+            ax.text(0.5, 0.5, "no fine-tuned runs yet", transform=ax.transAxes, ha="center")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
