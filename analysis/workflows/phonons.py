@@ -343,7 +343,8 @@ def _summarize(per_structure: dict[str, dict]) -> dict[str, float]:
         "phonon/freq_mae_THz": nanmean(col("freq_mae_thz")),
         "phonon/gamma_freq_mae_THz": nanmean(col("gamma_freq_mae_thz")),
         "phonon/max_freq_THz": top("max_frequency_thz"),
-        "phonon/num_imaginary": int(sum(col("num_imaginary"))),
+        # no structure through: not measured (n/a in tables), not "0 imaginary modes"
+        "phonon/num_imaginary": int(sum(col("num_imaginary"))) if rows else math.nan,
         "phonon/asr_violation": top("asr_violation_raw"),
         "phonon/fc_asymmetry": top("fc_asymmetry_raw"),
         "phonon/acoustic_gamma_max_THz": top("acoustic_gamma_max_abs_thz"),

@@ -40,3 +40,17 @@ def test_a_model_without_the_metals_stops_at_once_with_one_line(tmp_path, monkey
     with pytest.raises(SystemExit):
         main("practical", ["--model", "si_calcs:metals", *args])
     assert "knows" not in capsys.readouterr().err
+
+
+def test_no_phonons_through_is_not_zero_imaginary_modes():
+    from analysis.workflows.phonons import _summarize
+    from analysis.workflows.practical import table
+
+    none = _summarize({})
+    assert none["phonon/num_structures"] == 0
+    row = {"relax/num_structures": 2, **none}
+    cells = table({"direct": row}).splitlines()[-1].split(" | ")
+    heads = table({"direct": row}).splitlines()[0].split(" | ")
+    assert cells[heads.index("imaginary modes")] == "n/a"
+    one = _summarize({"cu": {"num_imaginary": 2, "freq_mae_thz": 0.1}})
+    assert one["phonon/num_imaginary"] == 2
