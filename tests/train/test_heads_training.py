@@ -163,3 +163,26 @@ def test_metatomic_export_takes_the_head(heads_run, tmp_path, capsys):
         main([str(run_dir / "model.pt"), "--format", "metatomic", "--head", "r2SCAN",
               "--out", str(tmp_path / "x.pt")])
     assert "unknown head 'r2SCAN'; this model's heads: EMT, PBE" in capsys.readouterr().err
+
+
+def test_one_root_trains_its_own_head_and_a_fine_tune_keeps_every_head(roots, heads_run, tmp_path):
+    """One root with heads trains the head of its level (the others keep their
+    references: zeros when fresh, the parent's when fine-tuned)."""
+    from train.export import load_model
+
+    args = [*BASE, f"data.root={roots['pbe']}", "model.knobs.heads=[EMT,PBE]",
+            "trainer.max_steps=2"]
+    summary = run(to_object(compose([*args, f"run_dir={tmp_path / 'one'}"])))
+    assert summary["data"]["head"] == "PBE"
+    model, _ = load_model(tmp_path / "one" / "model.pt")
+    assert float(model.composition_baseline[0].abs().sum()) == 0.0  # EMT: no data
+    assert float(model.composition_baseline[1, 29]) == pytest.approx(
+        open_dataset(roots["pbe"]).stats["element_reference_energies_by_z"]["29"], abs=1e-5)
+    parent_dir, _ = heads_run
+    parent, _ = load_model(parent_dir / "model.pt")
+    run(to_object(compose([*args, f"trainer.init_from={parent_dir}",
+                           f"run_dir={tmp_path / 'ft'}"])))
+    child, payload = load_model(tmp_path / "ft" / "model.pt")
+    torch.testing.assert_close(child.composition_baseline, parent.composition_baseline,
+                               rtol=0, atol=0)
+    assert payload["statistics_origin"]["heads"] == ["EMT", "PBE"]
