@@ -186,3 +186,16 @@ def test_one_root_trains_its_own_head_and_a_fine_tune_keeps_every_head(roots, he
     torch.testing.assert_close(child.composition_baseline, parent.composition_baseline,
                                rtol=0, atol=0)
     assert payload["statistics_origin"]["heads"] == ["EMT", "PBE"]
+
+
+def test_a_model_file_whose_weights_and_statistics_disagree_is_refused(heads_run, tmp_path):
+    from train.export import load_model
+
+    run_dir, _ = heads_run
+    payload = torch.load(run_dir / "model.pt", weights_only=True)
+    z = next(iter(payload["baselines"]["PBE"]))
+    payload["baselines"]["PBE"][z] += 0.5
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=f"baseline of head PBE element Z={z} is .* eV in the "
+                                         "weights but .* in the recorded statistics"):
+        load_model(tmp_path / "bad.pt")
