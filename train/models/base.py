@@ -159,9 +159,8 @@ class AtomisticModel(nn.Module):
         state = self.head_state(self.state_dict(), index)
         state["composition_baseline"] = self.composition_baseline[index].clone()
         one.load_state_dict(state)
-        for key in ("forces_requested",):
-            if hasattr(self, key):
-                setattr(one, key, getattr(self, key))
+        if hasattr(self, "forces_requested"):  # set by train.export.load_model
+            one.forces_requested = self.forces_requested
         param = next(self.parameters())
         return one.to(param.device, param.dtype).train(self.training)
 
