@@ -73,7 +73,7 @@ def init_weights(model: AtomisticModel, source: str, stats: dict | None = None) 
 
     Returns:
         What was kept: ``{"from", "filled_elements", "max_baseline_difference_eV",
-        "energy_scale"}`` (the model card and summary record it).
+        "heads", "energy_scale"}`` (model.pt and its card record it).
 
     Raises:
         ConfigError: weights that do not fit (another family, size or set of heads).
@@ -113,7 +113,8 @@ def _keep_parent_statistics(model: AtomisticModel, source: str, stats: dict) -> 
     filled, worst = [], 0.0
     with torch.no_grad():
         for k, head in enumerate(heads):
-            refs = _by_z(by_head.get(head) if head is not None and head in by_head
+            # a head this data does not train has no references here: nothing to fill
+            refs = _by_z(by_head.get(head) if model.head_names and by_head
                          else stats.get("element_reference_energies_by_z"))
             row = model.composition_baseline[k] if model.head_names else model.composition_baseline
             for z, e in refs.items():

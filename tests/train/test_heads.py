@@ -96,3 +96,23 @@ def test_mace_heads_select_energies():
     torch.testing.assert_close(mixed, torch.where(torch.tensor([0, 1, 1, 0, 1, 0]) == 1, b, a),
                                rtol=0, atol=1e-10)
     assert (a - b).abs().min() > 1e-6
+
+
+def test_a_fine_tune_fills_only_the_elements_its_parent_never_saw():
+    from train.build import _keep_parent_statistics
+
+    model = build_model("pet", "tiny", "direct", composition_baseline={29: -3.0})
+    record = _keep_parent_statistics(model, "parent", {
+        "element_reference_energies_by_z": {"29": -3.1, "79": -2.0}})
+    assert float(model.composition_baseline[29]) == -3.0  # kept: the parent's
+    assert float(model.composition_baseline[79]) == -2.0  # filled: this data's
+    assert record["filled_elements"] == ["79"]
+    assert record["max_baseline_difference_eV"] == pytest.approx(0.1, abs=1e-6)
+    heads = _model("direct")  # a head this data does not train is left as it is
+    before = heads.composition_baseline.clone()
+    heads.composition_baseline[0, 30] = 0.0
+    _keep_parent_statistics(heads, "parent", {"element_reference_energies_by_head": {
+        "B": {"30": -1.0}}, "element_reference_energies_by_z": {"30": -1.0}})
+    assert float(heads.composition_baseline[0, 30]) == 0.0
+    assert float(heads.composition_baseline[1, 30]) == -1.0
+    assert torch.equal(heads.composition_baseline[:, :30], before[:, :30])
