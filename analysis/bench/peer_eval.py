@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tool", required=True, choices=TOOLS)
     p.add_argument("--model", required=True)
-    p.add_argument("--val", required=True, help="extended XYZ with REF_* labels")
+    p.add_argument("--val", default=None, help="extended XYZ with REF_* labels (none: "
+                   "inference only)")
     p.add_argument("--cell", required=True, help="extended XYZ, the cell to time")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     calc, num_params = load(args.tool, args.model)
     res = {"tool": args.tool, "num_params": num_params,
-           "val": errors(calc, read(args.val, ":")),
+           "val": errors(calc, read(args.val, ":")) if args.val else None,
            "inference": inference_us_per_atom(calc, read(args.cell), args.repeats)}
     with open(args.out, "w") as fh:
         json.dump(res, fh, indent=1)

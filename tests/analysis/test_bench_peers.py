@@ -168,3 +168,19 @@ def test_errors_of_a_calculator_against_its_own_labels(shards):
     assert res["stress_mae_mev_per_A3"] == pytest.approx(0.0, abs=1e-6)
     speed = peer_eval.inference_us_per_atom(EMT(), frames[0], repeats=2, warmup=1)
     assert speed["us_per_atom"] > 0 and speed["num_atoms"] == len(frames[0])
+
+
+def test_inference_rounds_keep_each_tools_fastest_round(monkeypatch, tmp_path):
+    slow = iter([900.0, 300.0, 500.0])  # ours: a burst of load in round 1
+    monkeypatch.setattr(peers, "evaluate_ours", lambda *a: {
+        "inference": {"us_per_atom": next(slow)}})
+    monkeypatch.setattr(peers, "evaluate_peer", lambda *a: {
+        "inference": {"us_per_atom": 700.0}})
+    runs = {"pet-direct": {"tool": "ours", "model": "m", "forces": "direct",
+                           "inference": {"us_per_atom": 1e4}},
+            "metatrain-pet": {"tool": "metatrain", "model": "p"}}
+    peers.inference_rounds(runs, tmp_path / "python", tmp_path / "cell.xyz", tmp_path)
+    assert runs["pet-direct"]["inference"]["us_per_atom"] == 300.0
+    assert len(runs["pet-direct"]["inference"]["rounds"]) == 3
+    assert runs["pet-direct"]["inference_first"]["us_per_atom"] == 1e4
+    assert runs["metatrain-pet"]["inference"]["us_per_atom"] == 700.0
