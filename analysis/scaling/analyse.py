@@ -51,6 +51,13 @@ def _points(runs: list[Run], family: str, metric: str, s: Settings, out: Analysi
     """The runs of a family that are points of a law for a metric: ladder mains out
     (unless asked), one run per tuned grid point, then the usable ones."""
     pool = [r for r in runs if r.finished and r.family == family and metric in r.metrics]
+    for r in [r for r in pool if r.finetune_stage]:
+        out.excluded.append({
+            "run": r.name, "family": family, "metric": metric,
+            "reason": f"a fine-tune study's {r.finetune_stage} run, not a point of a "
+            "pretraining law (python -m analysis.finetune reports it)",
+        })
+    pool = [r for r in pool if not r.finetune_stage]
     pool, _ = drop_ladder_mains(pool, s.include_ladder_mains)
     pool, selections = tuned_envelope(pool, metric)
     if selections:

@@ -25,7 +25,7 @@ from analysis.scaling.types import LoadError, Run
 RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl", "error.txt")
 STANDARD_METRICS = ("val/energy_per_atom_mae", "val/forces_mae", "val/stress_mae")
 # summary.json dicts copied onto the Run as they are (see Run for their keys)
-_SUMMARY_DICTS = ("convergence", "tune", "ladder")
+_SUMMARY_DICTS = ("convergence", "tune", "ladder", "budget")
 
 
 def _num(value: Any) -> float | None:

@@ -40,6 +40,11 @@ class LoadError(ValueError):
     """An input that cannot be read, naming the file, the record and the field."""
 
 
+# roles of study.finetune's runs that are not points of a pretraining law
+# (python -m analysis.finetune reads them)
+FINETUNE_ROLES = ("finetune", "stage1-only", "b-only")
+
+
 @dataclass
 class Run:
     """One training run: what it was, what it cost, and what it reached.
@@ -99,6 +104,7 @@ class Run:
     convergence: dict[str, Any] | None = None
     tune: dict[str, Any] = field(default_factory=dict)
     ladder: dict[str, Any] | None = None
+    budget: dict[str, Any] | None = None
     baseline: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -123,6 +129,13 @@ class Run:
     @property
     def still_improving(self) -> bool:
         return (self.convergence or {}).get("verdict") == "still-improving"
+
+    @property
+    def finetune_stage(self) -> str | None:
+        """The role of a fine-tune study's second-stage run (finetune,
+        stage1-only, b-only), None for a pretraining or ordinary run."""
+        role = (self.budget or {}).get("role")
+        return role if role in FINETUNE_ROLES else None
 
     @property
     def ladder_main(self) -> bool:

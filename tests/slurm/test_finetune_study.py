@@ -55,5 +55,16 @@ def test_finetune_study_runs_end_to_end(root_b, tmp_path):
     text = (tmp_path / "report" / "finetune.md").read_text()
     assert "fine-tuned on B" in text and "| pet-direct | tiny |" in text
     assert (tmp_path / "report" / "finetune.png").stat().st_size > 0
+    # the scaling analysis of the same study fits pretraining runs only: the
+    # second-stage runs are excluded, each with its reason
+    from analysis.scaling.analyse import analyse
+    from analysis.scaling.load import load_study
+    from analysis.scaling.types import Settings
+
+    result = analyse(load_study(study / "runs"), Settings(), ["val/forces_mae"])
+    excluded = {e["run"] for e in result.excluded if "fine-tune study" in e["reason"]}
+    assert excluded == {"pet-direct_tiny_f0.5_ft", "pet-direct_tiny_f0.5_zs",
+                        "pet-direct_tiny_f1_ft", "pet-direct_tiny_f1_zs",
+                        "pet-direct_tiny_bonly"}
     # re-running skips everything
     assert sweep(args) == {}
