@@ -171,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoint error: {err}", file=sys.stderr)
         return 2
     if summary.get("status") == "finished":
-        metrics = {k: v for k, v in summary.items() if k.startswith("val/") and k.endswith("mae")}
-        print("finished: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+        print(finished_line(summary), flush=True)
         return 0
     print(
         f"stopped ({summary.get('status')}) at step {summary.get('steps')}; "
@@ -180,6 +179,19 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     return 0
+
+
+def finished_line(summary: dict) -> str:
+    """The last line of a finished run: each validation MAE with its unit."""
+    from train.losses import VAL_UNITS
+
+    parts = []
+    for key, value in summary.items():
+        if key.startswith("val/") and key.endswith("_mae"):
+            # val/forces_mae, and per source val/<name>/forces_mae
+            unit = VAL_UNITS.get(key.rsplit("/", 1)[-1].removesuffix("_mae"), "")
+            parts.append(f"{key}={value:.4g}" + (f" {unit}" if unit else ""))
+    return "finished: " + ", ".join(parts)
 
 
 if __name__ == "__main__":

@@ -64,3 +64,18 @@ def test_sizes_in_ladder_order():
     assert sizes[:3] == ["tiny", "mini", "xxs"]
     widths = [s for s in sizes if s.startswith("w")]
     assert widths == sorted(widths, key=lambda s: int(s[1:]))
+
+
+def test_finished_line_gives_each_validation_error_its_unit():
+    from train.__main__ import finished_line
+
+    line = finished_line({
+        "status": "finished", "steps": 400, "val/energy_per_atom_mae": 0.03489,
+        "val/forces_mae": 0.1388, "val/stress_mae": 0.005391, "val/forces_rmse": 0.2,
+        "val/mptrj/forces_mae": 0.2, "val/direct_forces_mae": 0.15,
+    })
+    assert line == (
+        "finished: val/energy_per_atom_mae=0.03489 eV/atom, val/forces_mae=0.1388 eV/A, "
+        "val/stress_mae=0.005391 eV/A^3, val/mptrj/forces_mae=0.2 eV/A, "
+        "val/direct_forces_mae=0.15 eV/A"
+    )
