@@ -88,6 +88,9 @@ def test_our_pet_matches_metatrain_pet_parameters_within_ten_percent():
 
     ours = count_parameters("pet", "xxs", **peers.OUR_PET_KNOBS)
     assert abs(ours / 731_000 - 1) <= peers.PARAM_TOLERANCE  # metatrain: ~731k
+    # mace_run_train's model on the four elements: 269 136 (BENCHMARKS.md, peers)
+    mace = count_parameters("mace", "xxs", **peers.OUR_MACE_KNOBS)
+    assert abs(mace / 269_136 - 1) <= peers.PARAM_TOLERANCE
     args = peers.our_args("pet", "direct", peers.REPO, peers.REPO / "r", 0.1, 20, 528)
     assert "trainer.max_steps=3" in args and "data.max_structures=8" in args
     assert "data.max_atoms=528" in args
