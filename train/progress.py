@@ -36,9 +36,13 @@ def _duration(seconds: float) -> str:
 class ProgressReport:
     """Step-by-step progress of the training loop on the main rank."""
 
-    def __init__(self, mode: str, total: int | None, initial: int, name: str):
+    def __init__(self, mode: str, total: int | None, initial: int, name: str,
+                 deadline: float | None = None):
+        """``deadline``: the wall-clock time (time.time()) at which the run's
+        time budget ends it, if it has one; the ETA is never later."""
         self.mode = mode
         self.total = total
+        self.deadline = deadline
         self.name = name
         self.start_step = initial
         self.t0 = time.time()
@@ -78,7 +82,11 @@ class ProgressReport:
         parts.append(f"{atoms_per_s:.0f} atoms/s")
         if self.total and done > 0:
             rate = (now - self.t0) / done
-            parts.append(f"eta {_duration(rate * (self.total - step))}")
+            eta = rate * (self.total - step)
+            if self.deadline is not None and now + eta > self.deadline:
+                parts.append(f"eta {_duration(max(0.0, self.deadline - now))} (time budget)")
+            else:
+                parts.append(f"eta {_duration(eta)}")
         print(" | ".join(parts), file=sys.stderr, flush=True)
 
     def close(self) -> None:

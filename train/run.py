@@ -179,6 +179,7 @@ def run(cfg: TrainConfig) -> dict:
             val_sources=val_sources,
         ),
     )
+    trainer._t_start = t_start  # trainer.max_time includes the start-up
     trainer.best = dict(state.get("best") or {}) if state else {}
     trainer.on_best = lambda t: export_model(t.model, t.ema, cfg, stats, run_dir / "model_best.pt")
     if info.is_main:

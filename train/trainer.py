@@ -193,6 +193,8 @@ class Trainer:
         self.mixture = hasattr(parts.train_loader, "names")  # data_pipelines.mixture
         self.best: dict = {}  # best validation value so far and its step (early stopping)
         self.on_best = lambda trainer: None  # called on the main rank at a new best
+        # trainer.max_time counts from here; train.run.run sets it to its own
+        # start, so start-up counts against the budget too (a SLURM job's end)
         self._t_start = time.time()
         self.dtype = getattr(torch, cfg.trainer.dtype)
         self._stop_signal: int | None = None
@@ -325,8 +327,10 @@ class Trainer:
         if self.info.is_main:
             total = self.budget.max_steps if self.budget.max_steps < 10**9 else None
             total = total or self.budget.schedule_steps
+            limit = self.budget.max_time_s
             report = ProgressReport(
-                resolve_mode(cfg.trainer.progress), total, p.step, cfg.name or "train"
+                resolve_mode(cfg.trainer.progress), total, p.step, cfg.name or "train",
+                deadline=self._t_start + limit if limit is not None else None,
             )
         max_atoms = cfg.trainer.max_atoms_seen
         max_steps = self.budget.max_steps
