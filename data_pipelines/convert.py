@@ -411,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             skipped=skipped,
             stats_cutoff=args.stats_cutoff,
             store_edges_cutoff=args.store_edges,
-            progress=not args.no_progress,
+            # a bar on a terminal only: in a log file it is a line of carriage returns
+            progress=not args.no_progress and sys.stderr.isatty(),
         )
     except EmptyDatasetError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="store neighbour lists within CUTOFF (A) in the shards "
                    "(as convert --store-edges)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="default: all cores")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar (default: on a terminal only)")
     args = p.parse_args(argv)
     if args.num_structures < 1:
         p.error("--num-structures must be at least 1")
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         level_of_theory=_calculator(args.calculator).level_of_theory,
         sources=[{"path": f"generate:{args.calculator}", "sha256": None, "options": options}],
         store_edges_cutoff=args.store_edges,
-        progress=args.progress,
+        progress=sys.stderr.isatty() if args.progress is None else args.progress,
     )
     counts = ", ".join(f"{k} {v['num_structures']}" for k, v in manifest["splits"].items())
     print(f"wrote {manifest['num_structures']} structures to {args.out} ({counts})")

@@ -99,7 +99,7 @@ def test_training_batches_are_the_same_with_stored_lists(structures, tmp_path):
         assert sorted(map(tuple, ex)) == sorted(map(tuple, ey))
 
 
-def test_convert_cli_stores_lists(tmp_path):
+def test_convert_cli_stores_lists(tmp_path, capsys):
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
@@ -113,5 +113,7 @@ def test_convert_cli_stores_lists(tmp_path):
     write(xyz, frames)
     out = tmp_path / "out"
     assert convert_main([str(xyz), "--out", str(out), "--store-edges", "4.5",
-                         "--no-progress", "--split", "train=1.0"]) == 0
+                         "--split", "train=1.0"]) == 0
     assert json.loads((out / "manifest.json").read_text())["stored_edges_cutoff"] == 4.5
+    # not a terminal (as in a SLURM log): no progress bar's carriage returns
+    assert "\r" not in capsys.readouterr().err
