@@ -67,8 +67,8 @@ def _one_line(spec: RunSpec, result: dict, seconds: float) -> str:
     status = result.get("status", "?")
     if status == "finished":
         metrics = ", ".join(
-            f"{k.split('/')[-1]}={result[k]:.4g}"
-            for k in ("val/energy_per_atom_mae", "val/forces_mae")
+            f"{k.split('/')[-1]}={result[k]:.4g} {unit}"
+            for k, unit in (("val/energy_per_atom_mae", "eV/atom"), ("val/forces_mae", "eV/A"))
             if k in result
         )
         line = (
@@ -259,13 +259,21 @@ def sweep(args: list[str], _pass: int = 1) -> dict:
     )
     if not todo:
         return {}
+    next_steps = (
+        f"next: python -m slurm.status {study_dir}   (what ran, what failed)\n"
+        f"      python -m analysis scaling {study_dir} --out {study_dir}/report   (the laws)"
+    )
     if cluster_cfg.kind != "local":
         if waiting:
             print("re-run this command once the tuning runs finish, to submit the rest")
-        return submit_slurm(todo, cluster_cfg, study_dir, study.name)
+        submitted = submit_slurm(todo, cluster_cfg, study_dir, study.name)
+        print(next_steps, flush=True)
+        return submitted
     results = run_local(todo)
     if waiting and _pass == 1:  # the tuned values are known now: run the rest
         results.update(sweep(args, _pass=2))
+    elif _pass == 1 or not waiting:
+        print(next_steps, flush=True)
     return results
 
 

@@ -21,7 +21,7 @@ def root_b(tmp_path_factory):
     return out
 
 
-def test_finetune_study_runs_end_to_end(root_b, tmp_path):
+def test_finetune_study_runs_end_to_end(root_b, tmp_path, capsys):
     from analysis.finetune import collect, main, read_runs
     from slurm.sweep import sweep
 
@@ -30,6 +30,10 @@ def test_finetune_study_runs_end_to_end(root_b, tmp_path):
             f"study.finetune.root={root_b}", "study.data.generate.num_structures=80",
             "study.budget.steps=4", "study.finetune.steps=3"]
     results = sweep(args)
+    printed = capsys.readouterr().out
+    # each run's line gives its errors with units; the end says what to run next
+    assert "forces_mae=" in printed and " eV/A" in printed
+    assert f"next: python -m slurm.status {study}" in printed
     names = sorted(results)
     assert names == sorted([
         "pet-direct_tiny_f0.5", "pet-direct_tiny_f0.5_ft", "pet-direct_tiny_f0.5_zs",
