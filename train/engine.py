@@ -103,6 +103,9 @@ def skip_shared_memory_kernel() -> bool:
     cached); it speeds up all-reduces between processes on one host, so a
     process alone in its group has no use for it. Returns True when skipped.
     """
+    if not torch.cuda.is_available():
+        # named, DeepSpeed does not print its "unable to detect a GPU" warning
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed.comm.torch as ds_comm
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
