@@ -18,6 +18,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from train.config import EngineConfig, OptimConfig
 from train.serialization import deepspeed_globals, safe_load
 
+if not torch.cuda.is_available():
+    # named before DeepSpeed is imported, it does not warn on every run that it
+    # found no GPU
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 
 class Engine:
     """Base: owns model, optimiser and schedule; subclasses do the stepping."""
@@ -103,9 +108,6 @@ def skip_shared_memory_kernel() -> bool:
     cached); it speeds up all-reduces between processes on one host, so a
     process alone in its group has no use for it. Returns True when skipped.
     """
-    if not torch.cuda.is_available():
-        # named, DeepSpeed does not print its "unable to detect a GPU" warning
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed.comm.torch as ds_comm
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -10,8 +10,8 @@ import sys
 from tests.train.conftest import REPO
 
 CODE = (
-    "import deepspeed.comm.torch as c\n"
     "from train.engine import skip_shared_memory_kernel\n"
+    "import deepspeed.comm.torch as c\n"
     "skipped = skip_shared_memory_kernel()\n"
     "print(skipped, c.build_shm_op() is None if skipped else 'kept')\n"
 )
