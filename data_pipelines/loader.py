@@ -167,6 +167,49 @@ def worker_stream(
         yield s
 
 
+_PACKED = "_packed_tensors"
+
+
+def pack_tensors(batch: dict) -> dict:
+    """The batch with all its tensors in one ``bytes`` buffer.
+
+    A DataLoader worker hands every tensor over in a shared-memory segment of
+    its own (a file descriptor each): for a batch of 15 small tensors that
+    cost about 15 ms per batch here, ten times the work of making it. One
+    buffer is a single pickled copy (about 0.1 ms for 100 kB).
+    """
+    layout, chunks, offset = [], [], 0
+    out = {}
+    for key, value in batch.items():
+        if not isinstance(value, torch.Tensor):
+            out[key] = value
+            continue
+        raw = value.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()  # any dtype
+        layout.append((key, str(value.dtype).removeprefix("torch."), tuple(value.shape), offset))
+        pad = (-len(raw)) % 8
+        chunks.append(raw + b"\0" * pad)
+        offset += len(raw) + pad
+    out[_PACKED] = (b"".join(chunks), layout)
+    return out
+
+
+def unpack_tensors(batch: dict) -> dict:
+    """Inverse of pack_tensors (tensors are views of one writable copy)."""
+    if _PACKED not in batch:
+        return batch
+    raw, layout = batch.pop(_PACKED)
+    buffer = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else None
+    for key, dtype, shape, offset in layout:
+        dt = getattr(torch, dtype)
+        count = int(np.prod(shape)) if shape else 1
+        nbytes = count * torch.empty((), dtype=dt).element_size()
+        if nbytes == 0:
+            batch[key] = torch.empty(shape, dtype=dt)
+            continue
+        batch[key] = buffer[offset : offset + nbytes].view(dt).reshape(shape)
+    return batch
+
+
 class ShardStream(IterableDataset):
     """The per-rank iterable that DataLoader workers run (batches out)."""
 
@@ -207,6 +250,8 @@ class ShardStream(IterableDataset):
                     pending.popleft()
                 position = pending.popleft() + 1
                 batch = collate(group, dtype)
+                if info is not None:  # one buffer crosses the process boundary
+                    batch = pack_tensors(batch)
                 batch["_worker"] = worker
                 batch["_position"] = position
                 batch["_epoch"] = self.epoch
@@ -293,6 +338,7 @@ class StreamingLoader:
                 continue
             if "_error" in batch:
                 raise DataError(*batch["_error"])
+            batch = unpack_tensors(batch)
             worker = batch.pop("_worker")
             self.state.positions[worker] = batch.pop("_position")
             self.state.batches += 1
