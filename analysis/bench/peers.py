@@ -24,9 +24,11 @@ step to the end of the pass), start-up (process launch to the first training
 step), validation energy/force/stress MAE after the pass, and inference
 us/atom on one 128-atom cell, every one of them through the tool's own ASE
 calculator (ours: train.calculator; metatrain: metatomic_ase; mace:
-mace.calculators). The peers run in their own environment, built here on first
-use (runs/peers-venv: torch 2.13.0+cpu first, then metatrain 2026.4.* and
-mace-torch) and reused while its stamp matches. ``uptime``'s load average is
+mace.calculators); inference is timed again after all training, in 3 rounds
+that visit every model in turn, keeping each model's fastest. The peers run
+in their own environment, built here on first use (runs/peers-venv: torch
+2.13.0+cpu first, then metatrain 2026.4.* and mace-torch) and reused while its
+stamp matches. ``uptime``'s load average is
 recorded beside every run: on a shared machine absolute speeds are rough.
 """
 
