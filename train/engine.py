@@ -108,7 +108,11 @@ def skip_shared_memory_kernel() -> bool:
     cached); it speeds up all-reduces between processes on one host, so a
     process alone in its group has no use for it. Returns True when skipped.
     """
-    import deepspeed.comm.torch as ds_comm
+    import importlib
+
+    # the submodule itself: `import deepspeed.comm.torch` names torch, which
+    # deepspeed.comm re-exports under the same attribute
+    ds_comm = importlib.import_module("deepspeed.comm.torch")
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 or torch.cuda.is_available():
