@@ -194,12 +194,19 @@ def subset_of(data: Dataset, split: str, fraction: float, unit: str) -> dict:
     return subset_threshold(data, split, fraction, unit)
 
 
+# Atoms in the FLOPs reference batch at most: the count per atom depends on the
+# atoms' neighbour counts, not on how many share a batch, while torch's FLOP
+# counter costs about three forward-backward passes of the batch it counts.
+FLOPS_REFERENCE_ATOMS = 64
+
+
 def reference_flops(
     model: AtomisticModel, cfg: TrainConfig, data: Dataset, cutoff: float, device, dtype
 ) -> dict[str, float]:
     """FLOPs per atom of forward and forward+backward, measured on the first
-    training batch in file order (the same batch for every run on this data),
-    once per configuration (train/flops_cache.py)."""
+    training batch in file order (the same batch for every run on this data;
+    at most FLOPS_REFERENCE_ATOMS atoms, one structure at least), once per
+    configuration (train/flops_cache.py)."""
     from train.flops_cache import cached_flops, flops_key
 
     split = data.manifest.get("splits", {}).get(cfg.data.train_split) or {}
@@ -209,8 +216,8 @@ def reference_flops(
             "structures: convert data into it, or choose another data.train_split"
         )
     where = {"split": cfg.data.train_split, "cutoff": float(cutoff),
-             "max_atoms": cfg.data.max_atoms, "device": str(getattr(device, "type", device)),
-             "dtype": str(dtype)}
+             "max_atoms": min(cfg.data.max_atoms, FLOPS_REFERENCE_ATOMS),
+             "device": str(getattr(device, "type", device)), "dtype": str(dtype)}
     key = flops_key(model, data.manifest, where)
     return cached_flops(key, lambda: _measure_flops(model, cfg, data, cutoff, device, dtype))
 
@@ -223,7 +230,7 @@ def _measure_flops(model, cfg: TrainConfig, data: Dataset, cutoff: float, device
             root=data,
             split=cfg.data.train_split,
             cutoff=cutoff,
-            max_atoms=cfg.data.max_atoms,
+            max_atoms=min(cfg.data.max_atoms, FLOPS_REFERENCE_ATOMS),
             shuffle=False,
         )
     )
