@@ -32,6 +32,10 @@ def time_budget() -> list[str]:
     return [f"trainer.max_time={max(60, left)}"]
 
 
+INHERITED_LAUNCHER_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+                           "MASTER_ADDR", "MASTER_PORT")
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """Picklable callable that submitit runs on the allocated node(s)."""
 
@@ -43,6 +47,12 @@ class TrainJob(submitit.helpers.Checkpointable):
         branches: list[dict] | None = None,
     ) -> dict:
         env = submitit.JobEnvironment()
+        # SLURM copies the submitting shell's environment into the job; a
+        # launcher's variables from there (an earlier in-process run, a torchrun
+        # shell) describe another process group, and submitit refuses to
+        # overwrite them. The job's own group comes from SLURM alone.
+        for key in INHERITED_LAUNCHER_KEYS:
+            os.environ.pop(key, None)
         if env.num_tasks > 1:
             # one process per GPU/task: RANK, WORLD_SIZE, MASTER_ADDR/PORT, LOCAL_RANK
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)

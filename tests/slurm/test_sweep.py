@@ -188,10 +188,19 @@ def test_slurm_sweep_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
     assert "1 finished" in status
 
 
-def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_path):
+def test_slurm_grid_two_process_job_and_requeue_from_scratch(local_slurm, tmp_path,
+                                                             monkeypatch):
     """A 2x2 grid as a job array; a 2-process DeepSpeed run through submitit; a run
-    requeued without warning (scontrol requeue) resumes from its last checkpoint."""
+    requeued without warning (scontrol requeue) resumes from its last checkpoint.
+    The submitting shell holds another process group's launcher variables (as
+    after an in-process run): SLURM copies them into the jobs, which must not
+    trip over them."""
     from slurm.status import study_status
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29431")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
 
     study = tmp_path / "grid"
     common = [
