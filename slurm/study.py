@@ -86,7 +86,8 @@ class StudyConfig:
     axes: dict[str, Any] = field(default_factory=dict)
     # several grids, each a cartesian product (its axes over the shared `axes`),
     # with optional overrides of its own under `train`: e.g. pet at widths
-    # w8..w32 under muP and mace at its own sizes, in one study
+    # w8..w32 under muP and mace at its own sizes, in one study; a grid's own
+    # `tune` and `tune_at` replace the study's for its points
     grids: list[dict[str, Any]] = field(default_factory=list)
     data: StudyDataConfig = field(default_factory=StudyDataConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -265,15 +266,23 @@ def _identity_overrides(study: StudyConfig, name: str, run_dir: Path, point: dic
 
 
 def _tuned_values(
-    study: StudyConfig, point: dict, study_dir: Path
+    study: StudyConfig, point: dict, study_dir: Path, tune: dict, tune_at: dict
 ) -> tuple[list[dict], str | None]:
-    """The tuned combinations to run at ``point``, or why the point waits."""
-    combos = tuning.combinations(study.tune)
-    if not study.tune or not study.tune_at or tuning.at_tuning_point(point, study.tune_at):
+    """The tuned combinations to run at ``point``, or why the point waits.
+
+    ``tune`` and ``tune_at`` are the point's grid's own, or the study's. A WSD
+    ladder is judged by its last cooldown branch: its main run never decays,
+    so its constant-rate error would favour a low rate.
+    """
+    combos = tuning.combinations(tune)
+    if not tune or not tune_at or tuning.at_tuning_point(point, tune_at):
         return combos, None
-    source = tuning.tuning_point(point, study.tune_at)
+    source = tuning.tuning_point(point, tune_at)
     base = run_name(source)
-    dirs = [study_dir / "runs" / (base + tuning.suffix(c)) for c in combos]
+    last, b = "", study.budget
+    if b.rule == "wsd-ladder":
+        last = f"_cd{len(ladder.plan(b.steps, list(b.decay_at), b.decay_fraction)) - 1}"
+    dirs = [study_dir / "runs" / (base + tuning.suffix(c) + last) for c in combos]
     chosen = tuning.best(dirs, combos, study.tune_metric)
     if chosen is None:
         return [combos[0]], f"waits for the tuning runs of {base} to finish"
@@ -287,31 +296,34 @@ def expand(study: StudyConfig, study_dir: Path, data_root: str, extra: list[str]
     from slurm.stages import parse_stages
 
     stages = parse_stages(study.evaluate)
+    own_keys = ("train", "tune", "tune_at")
     grids = [
         (_grid_axes({
-            **{k: v for k, v in g.items() if k != "train"},
+            **{k: v for k, v in g.items() if k not in own_keys},
             **{k: v for k, v in study.axes.items() if k not in g},
-        }), list(g.get("train") or []))
+        }), list(g.get("train") or []),
+         dict(g.get("tune", study.tune)),
+         dict(g.get("tune_at", study.tune_at)))
         for g in study.grids
-    ] or [(_grid_axes(study.axes), [])]
-    named = {k for g, _ in grids for k in g}
-    bad_at = sorted(set(study.tune_at) - named)
-    if bad_at:
-        raise ValueError(f"study.tune_at names {bad_at}, which are not axes ({', '.join(named)})")
+    ] or [(_grid_axes(study.axes), [], dict(study.tune), dict(study.tune_at))]
+    for g, _, _, tune_at in grids:
+        bad_at = sorted(set(tune_at) - set(g))
+        if bad_at:
+            raise ValueError(f"study.tune_at names {bad_at}, which are not axes ({', '.join(g)})")
     train = load_manifest(data_root)["splits"].get("train", {})
     train_atoms = float(train.get("num_atoms", 0))
     mean_atoms = train_atoms / max(1, train.get("num_structures", 1))
     runs = []
     points = [
-        (dict(zip(g, values)), own)
-        for g, own in grids
+        (dict(zip(g, values)), own, tune, tune_at)
+        for g, own, tune, tune_at in grids
         for values in itertools.product(*g.values())
     ]
-    for point, own in points:
+    for point, own, tune, tune_at in points:
         over, family, size, knobs = _point_overrides(
             point, [f"data.root={data_root}", *study.train, *own]
         )
-        combos, waiting = _tuned_values(study, point, study_dir)
+        combos, waiting = _tuned_values(study, point, study_dir, tune, tune_at)
         for combo in combos:
             name = run_name(point) + tuning.suffix(combo)
             run_dir = study_dir / "runs" / name

@@ -68,3 +68,44 @@ def test_every_committed_study_composes_and_expands(name, root, tmp_path):
     configs = {p.stem for p in (Path(__file__).resolve().parents[2] / "configs" / "size").glob(
         "*.yaml")}
     assert sizes <= configs, f"{name}: sizes without a configs/size/ file: {sizes - configs}"
+
+
+def test_a_grid_tunes_on_its_own_terms(root, tmp_path):
+    """A grid's own tune/tune_at replace the study's: pet tunes at its narrowest
+    width and transfers, mace (tune: {}) runs its default once per size."""
+    grids = [
+        {"model": ["pet-direct"], "size": ["w8", "w16"], "tune_at": {"size": "w8"}},
+        {"model": ["mace"], "size": ["tiny", "mini"], "tune": {}},
+    ]
+    study = StudyConfig(name="g", grids=grids, tune={"optim.lr": [1e-3, 1e-2]})
+    runs = expand(study, tmp_path, root, [])
+    assert [r.name for r in runs] == ["pet-direct_w8_lr0.001", "pet-direct_w8_lr0.01",
+                                      "pet-direct_w16_lr0.001", "mace_tiny", "mace_mini"]
+    assert "waits for the tuning runs of pet-direct_w8" in runs[2].waiting
+    assert runs[3].waiting is None and not any("optim.lr" in o for o in runs[3].overrides)
+
+
+def test_a_tuned_ladder_is_judged_by_its_last_cooldown(root, tmp_path):
+    """The main run of a WSD ladder never decays: the transferred value is the
+    one whose last cooldown branch is best, even where the mains disagree."""
+    import json
+
+    study = StudyConfig(
+        name="g", grids=[{"model": ["pet-direct"], "size": ["w8", "w16"]}],
+        tune={"optim.lr": [1e-3, 1e-2]}, tune_at={"size": "w8"},
+        budget=BudgetConfig(rule="wsd-ladder", steps=20, decay_at=[0.5, 1.0]),
+    )
+    # mains: the low rate looks better; last cooldowns: the high rate is better
+    scores = {"lr0.001": 0.1, "lr0.001_cd1": 0.09, "lr0.01": 0.2, "lr0.01_cd1": 0.05,
+              "lr0.001_cd0": 0.3, "lr0.01_cd0": 0.3}
+    for suffix, value in scores.items():
+        run = tmp_path / "runs" / f"pet-direct_w8_{suffix}"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(
+            json.dumps({"status": "finished", "val/forces_mae": value}))
+    runs = expand(study, tmp_path, root, [])
+    transferred = [r for r in runs if r.name.startswith("pet-direct_w16")]
+    assert [r.name for r in transferred] == ["pet-direct_w16_lr0.01"]
+    assert transferred[0].waiting is None
+    assert [b.name for b in transferred[0].branches] == ["pet-direct_w16_lr0.01_cd0",
+                                                         "pet-direct_w16_lr0.01_cd1"]

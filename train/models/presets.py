@@ -21,6 +21,11 @@ MACE presets span the same parameter range with channels, max L, correlation
 order and layers (89 elements). Hidden irreps alternate in parity as in
 mace-torch's standard models, so `xs` (128x0e+128x1o, correlation 3, 2 layers,
 residual first block) is MACE-MP-0 medium: 4 688 400 parameters, its published count.
+
+MACE `c4`, `c8`, `c12`, `c16`, `c24`, `c32` are a channel-only ladder, the MACE
+counterpart of PET's width ladder: only the channel count changes (hidden irreps
+cx0e+cx1o), while max L 1, correlation order 3, 2 interactions, max ell 2, the
+radial MLP and the 5 A cutoff (PET's ladder's) stay fixed.
 """
 
 from __future__ import annotations
@@ -212,5 +217,27 @@ MACE_PRESETS: dict[str, dict[str, Any]] = {
         "cutoff": 6.0,
     },
 }
+
+
+
+def mace_channel_shape(c: int) -> dict[str, Any]:
+    """Knobs of MACE's channel-only ladder at `c` channels."""
+    if c < 1:
+        raise ValueError(f"channel ladder: channels must be positive, got {c}")
+    return {
+        "channels": c,
+        "max_L": 1,
+        "correlation": 3,
+        "num_interactions": 2,
+        "max_ell": 2,
+        "radial_mlp": (32,),
+        "readout_mlp": 16,
+        "cutoff": 5.0,
+    }
+
+
+# Channel counts of MACE's channel-only ladder (presets `c4` ... `c32`).
+MACE_CHANNEL_LADDER = (4, 8, 12, 16, 24, 32)
+MACE_PRESETS.update({f"c{c}": mace_channel_shape(c) for c in MACE_CHANNEL_LADDER})
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {"pet": PET_PRESETS, "mace": MACE_PRESETS}
