@@ -166,7 +166,11 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     saved = OmegaConf.load(run_dir / "config.yaml")
     if "study" in saved:  # runs made before studies became a config group
         saved["study_name"] = saved.pop("study")
-    cfg = to_object(OmegaConf.merge(compose([]), saved))
+    base = compose([])
+    # knobs (muP, heads, ...) are keys the default config lacks: a struct merge
+    # refused them, so a run trained with any knob could not be exported
+    OmegaConf.set_struct(base, False)
+    cfg = to_object(OmegaConf.merge(base, saved))
     stats = open_data(cfg).stats  # one root or a mixture, per-head references
     model = make_model(cfg, stats)
     ckpts = checkpoint.list_valid(run_dir / "checkpoints")

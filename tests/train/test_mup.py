@@ -138,3 +138,28 @@ def test_coord_check_flat_under_mup_not_under_standard(tmp_path):
     spread = {name: max(r, 1 / r) for name, r in ratios["mup"].items()}
     assert max(spread.values()) < limit, spread
     assert max(max(r, 1 / r) for r in ratios["standard"].values()) > limit, ratios["standard"]
+
+
+def test_an_unexported_mup_run_exports_from_its_checkpoint(emt_shards, tmp_path):
+    """A run stopped before writing model.pt (a kill, a time limit) is exported
+    from its last checkpoint by `train.evaluate RUN`; with muP knobs in its
+    config that merge used to fail. The export equals the run's own model.pt."""
+    from tests.train.conftest import train_cli
+    from train.evaluate import resolve_model_file
+    from train.export import load_model
+
+    run = tmp_path / "run"
+    train_cli(f"data.root={emt_shards}", "model=pet", "size=w8", "forces=direct",
+              "model.knobs.parametrization=mup", "model.knobs.mup_base_width=16",
+              "trainer.max_steps=4", "trainer.checkpoint_every=4", "trainer.val_every=0",
+              "data.max_atoms=64", "engine=torch", "logger=none", f"run_dir={run}")
+    finished = run / "model.pt"
+    finished.rename(run / "finished.pt")
+    exported = resolve_model_file(run)
+    assert exported == finished and exported.exists()
+    a, _ = load_model(run / "finished.pt")
+    b, _ = load_model(exported)
+    assert a.config.parametrization == b.config.parametrization == "mup"
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
