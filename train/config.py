@@ -75,6 +75,11 @@ class LossConfig:
     stress: LossTerm = field(default_factory=lambda: LossTerm(1.0, "huber", 0.005))
     direct_forces: LossTerm = field(default_factory=lambda: LossTerm(0.0, "huber", 0.05))
     direct_stress: LossTerm = field(default_factory=lambda: LossTerm(0.0, "huber", 0.005))
+    # Term weights while the learning rate decays (train.optim.in_decay: a wsd
+    # schedule's decay phase, a cosine's last schedule.decay_fraction), replacing
+    # the weights above for the terms named: MACE's second stage, which raises the
+    # energy weight late, when a low rate lets the energy settle. {} = off.
+    decay_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -233,7 +238,7 @@ def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
 
     _register()
     # free-form maps: a knob or axis may be new to them, so add-or-replace
-    free = ("model.knobs.", "axes.", "budget.", "tune.")
+    free = ("model.knobs.", "axes.", "budget.", "tune.", "loss.decay_weights.")
     overrides = [f"++{o}" if o.startswith(free) else o for o in overrides]
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -288,6 +293,15 @@ def check(cfg: TrainConfig) -> None:
             raise ConfigError(f"loss.{term}.kind={t.kind!r} is not one of mse, huber")
         if t.weight < 0 or t.delta <= 0:
             raise ConfigError(f"loss.{term}: weight must be >= 0 and delta > 0")
+    terms = ("energy", "forces", "stress", "direct_forces", "direct_stress")
+    for term, weight in dict(cfg.loss.decay_weights).items():
+        if term not in terms:
+            raise ConfigError(f"loss.decay_weights.{term}: not a loss term ({', '.join(terms)})")
+        if float(weight) < 0:
+            raise ConfigError(f"loss.decay_weights.{term}={weight}: a weight must be >= 0")
+    if cfg.loss.decay_weights and cfg.schedule.kind == "constant":
+        raise ConfigError("loss.decay_weights needs a schedule that decays (cosine or wsd), "
+                          "not schedule=constant")
     if cfg.model.forces != "both":
         for term in ("direct_forces", "direct_stress"):
             if getattr(cfg.loss, term).weight > 0:

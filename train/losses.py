@@ -3,14 +3,15 @@ and the error sums behind validation metrics."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
 from data_pipelines import schema as K
-from train.config import LossConfig, LossTerm
+from train.config import LossConfig, LossTerm, TrainConfig
 from train.models.base import DIRECT_FORCES, DIRECT_STRESS
+from train.optim import decay_start
 
 
 def _term(pred: torch.Tensor, target: torch.Tensor, t: LossTerm) -> torch.Tensor:
@@ -47,6 +48,18 @@ def compute_loss(batch: dict, out: dict, cfg: LossConfig) -> tuple[torch.Tensor,
             parts[name] = _term(*_masked(batch, out, key, label), getattr(cfg, name))
     total = sum(getattr(cfg, name).weight * value for name, value in parts.items())
     return total, {f"train/loss_{k}": v.detach() for k, v in parts.items()}
+
+
+def decay_loss(cfg: TrainConfig, budget) -> tuple[LossConfig, int | None]:
+    """The loss of the decay phase (``loss.decay_weights`` over ``cfg.loss``) and
+    its first step, or (cfg.loss, None) when the weights never change."""
+    weights = dict(cfg.loss.decay_weights)
+    start = decay_start(replace(cfg.schedule, total_steps=budget.schedule_steps),
+                        budget.max_steps)
+    if not weights or start is None:
+        return cfg.loss, None
+    terms = {name: replace(getattr(cfg.loss, name), weight=float(w)) for name, w in weights.items()}
+    return replace(cfg.loss, **terms), start
 
 
 # Validation quantities, in the order of ErrorSums' rows, and their units.

@@ -33,6 +33,15 @@ def build_optimizer(
     )
 
 
+def decay_start(cfg: ScheduleConfig, max_steps: int) -> int | None:
+    """The first step of the schedule's decay phase: a wsd schedule's linear
+    decay, the last ``decay_fraction`` of a cosine one; None for constant."""
+    if cfg.kind == "constant":
+        return None
+    total = cfg.total_steps or max_steps
+    return total - round(cfg.decay_fraction * total)
+
+
 def lr_factor(cfg: ScheduleConfig, max_steps: int) -> Callable[[int], float]:
     """Multiplier of the peak learning rate at optimiser step `step` (0-based).
 
@@ -53,10 +62,10 @@ def lr_factor(cfg: ScheduleConfig, max_steps: int) -> Callable[[int], float]:
         if cfg.kind == "cosine":
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        decay_start = total - round(cfg.decay_fraction * total)
-        if step < decay_start:
+        start = total - round(cfg.decay_fraction * total)
+        if step < start:
             return 1.0
-        progress = min(1.0, (step - decay_start) / max(1, total - decay_start))
+        progress = min(1.0, (step - start) / max(1, total - start))
         return floor + (1 - floor) * (1 - progress)
 
     return factor

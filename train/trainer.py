@@ -21,7 +21,7 @@ from train.budget import Budget
 from train.config import TrainConfig
 from train.dist import DistInfo, all_reduce_
 from train.ema import EMA
-from train.losses import ErrorSums, compute_loss, trivial_sums
+from train.losses import ErrorSums, compute_loss, decay_loss, trivial_sums
 from train.metrics import MetricLogger
 from train.progress import ProgressReport, resolve_mode
 from train.resume import identity
@@ -199,6 +199,7 @@ class Trainer:
         self.dtype = getattr(torch, cfg.trainer.dtype)
         self._stop_signal: int | None = None
         self._last_batch: dict | None = None
+        self._decay_loss, self._decay_from = decay_loss(cfg, self.budget)
 
     # ---- signals --------------------------------------------------------------------
 
@@ -357,7 +358,8 @@ class Trainer:
                 if self.augment_on:
                     batch = augment(batch, self.cfg.seed, self.info.rank, p.step * accum + micro)
                 out = self.engine.forward(batch)
-                loss, parts = compute_loss(batch, out, cfg.loss)
+                decaying = self._decay_from is not None and p.step >= self._decay_from
+                loss, parts = compute_loss(batch, out, self._decay_loss if decaying else cfg.loss)
                 if pad:
                     loss = loss * 0.0
                 stopping = self._stop_signal is not None or self._out_of_time()
