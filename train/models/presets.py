@@ -8,7 +8,7 @@ published; node width 4x, edge feed-forward 2x, node feed-forward 8x and head
 width 1x the edge width (the published XL uses 2560 / 1280 / 640 at edge width
 640; XS takes 2x heads), which lands every count within 5% of the published one.
 
-PET `w8`, `w16`, `w24`, `w32`, `w64`, `w128`, `w256` are a width-only ladder for muP and
+PET `w8`, `w16`, `w24`, `w32`, `w40`, `w64`, `w128`, `w256` are a width-only ladder for muP and
 width-scaling studies: one shape scaled by the edge width d (node width 4d,
 edge feed-forward 2d, node feed-forward 8d, head width d, d/8 attention heads
 of width 8, the published ratios), while depth (2 GNN layers of 1 attention
@@ -81,7 +81,7 @@ def pet_width_shape(d: int) -> dict[str, Any]:
 
 # Edge widths of the width-only ladder (presets `w8` ... `w256`). w8 to w32 are the
 # CPU end (16.6k to 257k non-embedding parameters, 1.19 decades; the demo's widths).
-PET_WIDTH_LADDER = (8, 16, 24, 32, 64, 128, 256)
+PET_WIDTH_LADDER = (8, 16, 24, 32, 40, 64, 128, 256)
 
 PET_PRESETS: dict[str, dict[str, Any]] = {
     # CPU tests: small fixed cutoff so test cells stay cheap.
