@@ -75,11 +75,14 @@ class LossConfig:
     stress: LossTerm = field(default_factory=lambda: LossTerm(1.0, "huber", 0.005))
     direct_forces: LossTerm = field(default_factory=lambda: LossTerm(0.0, "huber", 0.05))
     direct_stress: LossTerm = field(default_factory=lambda: LossTerm(0.0, "huber", 0.005))
-    # Term weights while the learning rate decays (train.optim.in_decay: a wsd
+    # Term weights while the learning rate decays (train.optim.decay_start: a wsd
     # schedule's decay phase, a cosine's last schedule.decay_fraction), replacing
     # the weights above for the terms named: MACE's second stage, which raises the
     # energy weight late, when a low rate lets the energy settle. {} = off.
     decay_weights: dict[str, float] = field(default_factory=dict)
+
+
+LOSS_TERMS = ("energy", "forces", "stress", "direct_forces", "direct_stress")
 
 
 @dataclass
@@ -287,16 +290,16 @@ def check(cfg: TrainConfig) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{dotted}={value!r} is not one of {', '.join(allowed)}")
-    for term in ("energy", "forces", "stress", "direct_forces", "direct_stress"):
+    for term in LOSS_TERMS:
         t = getattr(cfg.loss, term)
         if t.kind not in ("mse", "huber"):
             raise ConfigError(f"loss.{term}.kind={t.kind!r} is not one of mse, huber")
         if t.weight < 0 or t.delta <= 0:
             raise ConfigError(f"loss.{term}: weight must be >= 0 and delta > 0")
-    terms = ("energy", "forces", "stress", "direct_forces", "direct_stress")
     for term, weight in dict(cfg.loss.decay_weights).items():
-        if term not in terms:
-            raise ConfigError(f"loss.decay_weights.{term}: not a loss term ({', '.join(terms)})")
+        if term not in LOSS_TERMS:
+            raise ConfigError(
+                f"loss.decay_weights.{term}: not a loss term ({', '.join(LOSS_TERMS)})")
         if float(weight) < 0:
             raise ConfigError(f"loss.decay_weights.{term}={weight}: a weight must be >= 0")
     if cfg.loss.decay_weights and cfg.schedule.kind == "constant":

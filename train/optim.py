@@ -62,7 +62,7 @@ def lr_factor(cfg: ScheduleConfig, max_steps: int) -> Callable[[int], float]:
         if cfg.kind == "cosine":
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        start = total - round(cfg.decay_fraction * total)
+        start = decay_start(cfg, max_steps)
         if step < start:
             return 1.0
         progress = min(1.0, (step - start) / max(1, total - start))
