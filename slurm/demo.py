@@ -10,7 +10,9 @@
    averaging) under runs/demo/eval/, and copies the metrics into each run's
    eval/ folder so the scaling analysis can read them,
 4. fits the scaling laws and writes runs/demo/report/report.md with figures,
-5. prints where the report is and the headline numbers.
+5. prints where the report is, the headline numbers and, target by target,
+   what the report shows against what the demo promises (slurm/demo_checks.py,
+   also written to runs/demo/report/checks.json).
 
 Every step keeps its outputs, so running it again resumes instead of restarting.
 """
@@ -221,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluation:  {eval_dir}")
     print(f"study runs:  python -m slurm.status {study_dir}")
     for line in headline(report_dir, speed_metrics):
+        print(f"  {line}")
+    from slurm.demo_checks import checks, lines
+
+    rows = checks(study_dir, report_dir)
+    write_json(report_dir / "checks.json", rows, indent=1)
+    print(f"targets of the demo ({report_dir / 'checks.json'}):")
+    for line in lines(rows):
         print(f"  {line}")
     return 0
 
