@@ -79,11 +79,28 @@ def main_overrides(steps: int, warmup: int, branches: list[Branch]) -> list[str]
     ]
 
 
-def branch_overrides(branch: Branch, warmup: int) -> list[str]:
+# A branch validates and exports EMA weights. With the trainer's usual decay
+# (0.99, a ~100-step memory) a cooldown of 16-128 steps would report weights
+# averaged mostly from before it began. A branch's EMA instead remembers about
+# this fraction of its cooldown (and never longer than the configured decay).
+EMA_FRACTION_OF_COOLDOWN = 0.25
+
+
+def branch_ema_decay(cooldown_steps: int, decay: float) -> float:
+    """EMA decay of a branch: memory 1 / (1 - d) of at most a quarter of its
+    cooldown, and at most ``decay`` (the run's own)."""
+    memory = max(1.0, EMA_FRACTION_OF_COOLDOWN * cooldown_steps)
+    return min(float(decay), 1.0 - 1.0 / memory)
+
+
+def branch_overrides(branch: Branch, warmup: int, ema_decay: float = 0.99) -> list[str]:
     """A branch's schedule: warm-up and constant as the main run, then a linear
     decay from ``branch_step`` to ``total_steps``; six validations over the
-    cooldown, so its second half (the convergence window) holds three."""
+    cooldown, so its second half (the convergence window) holds three; an EMA
+    whose memory fits the cooldown (``branch_ema_decay`` of ``ema_decay``, the
+    run's configured decay)."""
     return [
+        f"trainer.ema_decay={branch_ema_decay(branch.cooldown_steps, ema_decay)!r}",
         f"trainer.val_every={max(1, branch.cooldown_steps // 6)}",
         f"trainer.max_steps={branch.total_steps}",
         "schedule.kind=wsd",

@@ -16,6 +16,7 @@ from typing import Any
 
 from slurm import ladder, tuning
 from train.budget import steps_for_atoms
+from train.config import TrainerConfig
 
 # model axis values -> (model group, forces group)
 MODEL_CHOICES = {
@@ -391,6 +392,12 @@ def _grid_axes(axes: dict[str, Any]) -> dict[str, list]:
     return {k: list(v) if isinstance(v, list | tuple) else [v] for k, v in axes.items()}
 
 
+def _ema_decay(overrides: list[str]) -> float:
+    """The EMA decay a run's overrides set (the last one wins), else the trainer's."""
+    values = [o.split("=", 1)[1] for o in overrides if o.startswith("trainer.ema_decay=")]
+    return float(values[-1]) if values else TrainerConfig.ema_decay
+
+
 def _ladder(study, point, name, run_dir, base, stages, waiting) -> RunSpec:
     """A WSD ladder's main run (no evaluation: it never cooled down) and branches."""
     b = study.budget
@@ -404,7 +411,7 @@ def _ladder(study, point, name, run_dir, base, stages, waiting) -> RunSpec:
     for br in branches:
         br_name = f"{name}_cd{br.index}"
         br_dir = run_dir.parent / br_name
-        br_over = [*base, *ladder.branch_overrides(br, warm)]
+        br_over = [*base, *ladder.branch_overrides(br, warm, _ema_decay(base))]
         br_over += _identity_overrides(study, br_name, br_dir, point)
         info = {
             **record,

@@ -5,7 +5,7 @@ its tensors and the data it streams (model, forces, knobs, data root and
 subset, batching, seed, dtype, engine). A start that finds checkpoints with
 another identity stops, naming the keys that differ, before it writes
 anything. Settings outside the identity (``trainer.max_steps``, logging,
-validation and checkpoint cadence, learning rate) may change on resume.
+validation and checkpoint cadence, learning rate, EMA decay) may change on resume.
 
 ``trainer.resume``:
     auto     resume from the newest checkpoint if there is one, else start fresh;

@@ -149,6 +149,7 @@ def run(cfg: TrainConfig) -> dict:
         progress = Progress(**state["progress"])
         train_loader.load_state_dict(state["loader"])
         ema.load_state_dict(state["ema"])
+        ema.decay = cfg.trainer.ema_decay  # the shadow resumes; its decay is the config's
         if info.is_main:
             print(f"resumed {run_dir} from step {progress.step}", flush=True)
             warn_schedule_change(state.get("schedule"), schedule_record(cfg, budget))

@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from slurm import ladder, tuning
+from train.checkpoint import list_valid
+from train.serialization import safe_load
 from tests.slurm.test_sweep import REPO, SMALL, sweep
 from tests.train.conftest import read_metrics
 
@@ -22,6 +24,12 @@ def test_ladder_plan():
         ladder.plan(100, [1.5], 0.2)
     with pytest.raises(ValueError, match="repeated branch steps"):
         ladder.plan(4, [0.5, 0.55], 0.2)
+    # a branch's EMA remembers a quarter of its cooldown, never more than the run's own
+    assert ladder.branch_ema_decay(128, 0.99) == pytest.approx(1 - 1 / 32)
+    assert ladder.branch_ema_decay(16, 0.99) == pytest.approx(0.75)
+    assert ladder.branch_ema_decay(2, 0.99) == 0.0
+    assert ladder.branch_ema_decay(4000, 0.99) == 0.99
+    assert "trainer.ema_decay=0.75" in ladder.branch_overrides(ladder.Branch(0, 0.5, 80, 16), 0)
 
 
 def test_tuning_names_and_combinations():
@@ -65,6 +73,13 @@ def test_wsd_ladder_branch_equals_a_straight_wsd_run(tmp_path):
                 **_losses(runs / "pet-direct_f1_cd0")}
     assert combined == _losses(straight)  # bit for bit
     assert sorted(_losses(runs / "pet-direct_f1_cd0")) == [7, 8]
+    # the branch resumed the main run's EMA state (decay 0.99) and kept its own
+    # decay, fitted to its 2-step cooldown (memory of at most one step: 0)
+    assert "trainer.ema_decay=0.0" in overrides
+    last = list_valid(runs / "pet-direct_f1_cd0" / "checkpoints")[-1]
+    assert safe_load(last / "trainer_rank0.pt", "checkpoint")["ema"]["decay"] == 0.0
+    main_last = list_valid(runs / "pet-direct_f1" / "checkpoints")[-1]
+    assert safe_load(main_last / "trainer_rank0.pt", "checkpoint")["ema"]["decay"] == 0.99
 
 
 def test_tuned_at_one_point_and_transferred(tmp_path):
