@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from slurm import ladder, tuning
-from train.checkpoint import list_valid
-from train.serialization import safe_load
 from tests.slurm.test_sweep import REPO, SMALL, sweep
 from tests.train.conftest import read_metrics
+from train.checkpoint import list_valid
+from train.serialization import safe_load
 
 
 def test_ladder_plan():
