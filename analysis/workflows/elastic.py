@@ -1,0 +1,229 @@
+"""Lattice constant and cubic elastic constants of a model, against the DFT
+strain-stress data a data set ships (maml's ``<El>_Elastic`` sets).
+
+    python -m analysis.workflows.elastic --model MODEL.pt \\
+        --elastic-set ../shared/data/crystals/maml-MoNbTaW/Mo_Elastic.json.gz [...] \\
+        [--max-strain 0.02] [--out FILE.json]
+
+The reference side needs no calculator: each set holds the DFT-relaxed cubic
+cell (zero strain) and cells strained from it in six modes, each labelled with
+its stress. The cubic constants C11, C12 and C44 (and a residual pressure) are
+the least-squares fit of sigma = C epsilon over every cell with strain up to
+``max_strain`` (linear regime; the sets reach 10%). The model side: relax the
+same conventional cell with the model (cell and positions, ASE's
+FrechetCellFilter), giving its lattice constant; then apply the very same
+deformation gradients to that cell, take the model's stress, and fit the same
+way. Stress is in ASE's sign (tension positive); constants in GPa.
+
+Caveat a report should state: these cells usually sit in the model's training
+split (as they did in the potentials published with such data), so the check
+measures how well the fit reproduces them, not transfer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.filters import FrechetCellFilter
+from ase.optimize import BFGS
+from ase.units import GPa
+
+from data_pipelines.atomic import write_json
+
+KBAR_TO_EV_PER_A3 = 0.1 * GPa  # 1 kBar = 0.1 GPa; GPa is ASE's eV/A^3 per GPa
+# VASP/pymatgen order xx, yy, zz, xy, yz, zx -> Voigt (1..6) xx, yy, zz, yz, zx, xy
+_VASP_TO_VOIGT = (0, 1, 2, 4, 5, 3)
+
+
+@dataclass(frozen=True)
+class StrainSet:
+    """One element's strained cells: the zero-strain cell and, per strained
+    cell, its deformation gradient from that cell and its stress (Voigt, eV/A^3,
+    tension positive)."""
+
+    element: str
+    reference: Atoms
+    deformations: np.ndarray  # (n, 3, 3)
+    stresses: np.ndarray  # (n, 6)
+
+    @property
+    def lattice_constant(self) -> float:
+        return float(np.cbrt(abs(np.linalg.det(self.reference.cell[:]))))
+
+
+def _atoms(record: dict) -> Atoms:
+    s = record["structure"]
+    return Atoms(
+        symbols=[site["species"][0]["element"] for site in s["sites"]],
+        positions=[site["xyz"] for site in s["sites"]],
+        cell=s["lattice"]["matrix"],
+        pbc=True,
+    )
+
+
+def voigt_strain(deformation: np.ndarray) -> np.ndarray:
+    """Small-strain Voigt vector (engineering shears) of a deformation gradient."""
+    e = 0.5 * (deformation + deformation.T) - np.eye(3)
+    return np.array([e[0, 0], e[1, 1], e[2, 2], 2 * e[1, 2], 2 * e[0, 2], 2 * e[0, 1]])
+
+
+def deformation_of(cell: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """F with cell rows = reference rows @ F^T."""
+    return (np.linalg.solve(reference, cell)).T
+
+
+def read_strain_set(path: str | Path, max_strain: float = 0.02) -> StrainSet:
+    """A maml ``*_Elastic.json.gz`` set: cells whose largest strain component
+    is at most ``max_strain``, as deformations of the zero-strain cubic cell.
+
+    Raises:
+        ValueError: no single zero-strain cubic cell, or a record without stress.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        records = json.load(fh)
+    cells = [np.array(r["structure"]["lattice"]["matrix"], dtype=float) for r in records]
+    cubic = [
+        i
+        for i, c in enumerate(cells)
+        if np.allclose(c, np.diag(np.diag(c)), atol=1e-6) and np.ptp(np.diag(c)) < 1e-6
+    ]
+    if len(cubic) != 1:
+        raise ValueError(f"{path}: expected one zero-strain cubic cell, found {len(cubic)}")
+    ref_index = cubic[0]
+    reference = _atoms(records[ref_index])
+    deformations, stresses = [], []
+    for i, (record, cell) in enumerate(zip(records, cells)):
+        stress = (record.get("outputs") or {}).get("stress")
+        if stress is None or len(stress) != 6:
+            raise ValueError(f"{path}: record {i} ({record.get('_id')}): field outputs.stress "
+                             "missing or not 6 values")
+        f = deformation_of(cell, reference.cell[:])
+        if np.abs(voigt_strain(f)).max() > max_strain + 1e-6:
+            continue
+        deformations.append(f)
+        vasp = -np.asarray(stress, dtype=float) * KBAR_TO_EV_PER_A3  # compression+ -> ASE
+        stresses.append(vasp[list(_VASP_TO_VOIGT)])
+    element = reference.get_chemical_symbols()[0]
+    return StrainSet(element, reference, np.array(deformations), np.array(stresses))
+
+
+def fit_cubic(deformations: np.ndarray, stresses: np.ndarray) -> dict[str, float]:
+    """Least-squares C11, C12, C44 (GPa) and residual stress p0 of sigma = C eps + p0.
+
+    Needs normal and shear strains among the cells; returns the RMS misfit too.
+    """
+    rows, rhs = [], []
+    for f, sigma in zip(deformations, stresses):
+        e = voigt_strain(f)
+        for i in range(3):
+            others = e[0] + e[1] + e[2] - e[i]
+            rows.append([e[i], others, 0.0, 1.0])
+            rhs.append(sigma[i])
+        for i in range(3, 6):
+            rows.append([0.0, 0.0, e[i], 0.0])
+            rhs.append(sigma[i])
+    a, b = np.array(rows), np.array(rhs)
+    coef, *_ = np.linalg.lstsq(a, b, rcond=None)
+    misfit = float(np.sqrt(np.mean((a @ coef - b) ** 2)))
+    c11, c12, c44, p0 = (float(v) / GPa for v in coef)
+    return {"C11": c11, "C12": c12, "C44": c44, "p0": p0, "rms_misfit_GPa": misfit / GPa}
+
+
+def relaxed_cell(atoms: Atoms, calc, fmax: float = 1e-4, steps: int = 200) -> Atoms:
+    """The cell and positions relaxed with ``calc`` (cubic symmetry is kept by
+    the starting cell's symmetry; hydrostatic freedom only)."""
+    relaxed = atoms.copy()
+    relaxed.calc = calc
+    opt = BFGS(FrechetCellFilter(relaxed, hydrostatic_strain=True), logfile=None)
+    opt.run(fmax=fmax, steps=steps)
+    return relaxed
+
+
+def model_constants(data: StrainSet, calc) -> dict:
+    """The model's lattice constant and cubic constants on the data's strains."""
+    relaxed = relaxed_cell(data.reference, calc)
+    a = float(np.cbrt(abs(np.linalg.det(relaxed.cell[:]))))
+    stresses = []
+    for f in data.deformations:
+        atoms = relaxed.copy()
+        atoms.set_cell(relaxed.cell[:] @ f.T, scale_atoms=True)
+        atoms.calc = calc
+        stresses.append(atoms.get_stress(voigt=True))
+    return {"a": a, **fit_cubic(data.deformations, np.array(stresses))}
+
+
+def compare(sets: list[StrainSet], calc) -> dict:
+    """Per element: DFT and model values, and the model's relative errors."""
+    out = {}
+    for data in sets:
+        ref = {"a": data.lattice_constant, **fit_cubic(data.deformations, data.stresses)}
+        mod = model_constants(data, calc)
+        keys = ("a", "C11", "C12", "C44")
+        out[data.element] = {
+            "num_cells": len(data.deformations),
+            "dft": ref,
+            "model": mod,
+            "relative_error": {k: (mod[k] - ref[k]) / ref[k] for k in keys},
+        }
+    if out:
+        for k in ("a", "C11", "C12", "C44"):
+            out.setdefault("mean_abs_relative_error", {})[k] = float(
+                np.mean([abs(v["relative_error"][k]) for v in out.values() if k in
+                         v.get("relative_error", {})])
+            )
+    return out
+
+
+def table(result: dict) -> str:
+    lines = ["element  a DFT/model (A)    C11 DFT/model   C12 DFT/model   C44 DFT/model (GPa)"]
+    for el, r in result.items():
+        if el == "mean_abs_relative_error":
+            continue
+        d, m = r["dft"], r["model"]
+        lines.append(
+            f"{el:7s}  {d['a']:.4f} / {m['a']:.4f}   "
+            + "   ".join(f"{d[k]:6.0f} / {m[k]:6.0f}" for k in ("C11", "C12", "C44"))
+        )
+    mean = result.get("mean_abs_relative_error")
+    if mean:
+        lines.append("mean |relative error|: " + ", ".join(
+            f"{k} {100 * v:.1f}%" for k, v in mean.items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.workflows.elastic", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model file, run directory's model.pt, or emt")
+    p.add_argument("--forces", choices=("direct", "conservative"), default=None)
+    p.add_argument("--elastic-set", action="append", required=True,
+                   help="a maml <El>_Elastic.json(.gz) file; repeat per element")
+    p.add_argument("--max-strain", type=float, default=0.02)
+    p.add_argument("--out", default=None, help="JSON file for every number")
+    args = p.parse_args(argv)
+    from analysis.workflows.model import ModelOptions
+
+    model = args.model
+    if Path(model).is_dir():
+        model = str(Path(model) / "model.pt")
+    calc = ModelOptions(model, forces=args.forces).build()
+    sets = [read_strain_set(f, args.max_strain) for f in args.elastic_set]
+    result = compare(sets, calc)
+    print(table(result))
+    if args.out:
+        write_json(Path(args.out), {"model": model, "max_strain": args.max_strain,
+                                    "elements": result}, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
