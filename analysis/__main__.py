@@ -4,6 +4,7 @@
     python -m analysis phonons   --model M --structures FILE --out DIR [...]
     python -m analysis symmetry  --model M --structures FILE [--out DIR] [...]
     python -m analysis speed     --model M [--sizes 64 256 1024] [...]
+    python -m analysis elastic   --model M --elastic-sets FILE... [--out DIR]
     python -m analysis practical --model RUN/model.pt --test-data SHARD_DIR --out DIR
     python -m analysis scaling   STUDY_DIR_OR_CSV... --out REPORT_DIR [...]
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-WORKFLOW_COMMANDS = ("relax", "phonons", "symmetry", "speed", "practical")
+WORKFLOW_COMMANDS = ("relax", "phonons", "symmetry", "speed", "elastic", "practical")
 
 
 def main(argv: list[str] | None = None) -> int:

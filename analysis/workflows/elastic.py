@@ -1,9 +1,16 @@
 """Lattice constant and cubic elastic constants of a model, against the DFT
 strain-stress data a data set ships (maml's ``<El>_Elastic`` sets).
 
-    python -m analysis.workflows.elastic --model MODEL.pt \\
-        --elastic-set ../shared/data/crystals/maml-MoNbTaW/Mo_Elastic.json.gz [...] \\
-        [--max-strain 0.02] [--out FILE.json]
+    python -m analysis elastic --model MODEL.pt \\
+        --elastic-sets ../shared/data/crystals/maml-MoNbTaW/{Mo,Nb,Ta,W}_Elastic.json.gz \\
+        [--max-strain 0.02] [--out DIR]
+
+As a study's evaluation stage (every cooled-down run gets it; metrics
+``elastic/a_rel_error`` and ``elastic/C_rel_error``, mean absolute relative errors
+over the elements, and per element and constant):
+
+    evaluate: [{name: elastic, workflow: elastic,
+                settings: {elastic_sets: [../shared/data/.../Mo_Elastic.json.gz, ...]}}]
 
 The reference side needs no calculator: each set holds the DFT-relaxed cubic
 cell (zero strain) and cells strained from it in six modes, each labelled with
@@ -22,10 +29,8 @@ measures how well the fit reproduces them, not transfer.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +40,9 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
 from ase.units import GPa
 
-from data_pipelines.atomic import write_json
+from analysis.workflows.model import ModelOptions
+from analysis.workflows.results import write_results
+from analysis.workflows.settings import setting
 
 KBAR_TO_EV_PER_A3 = 0.1 * GPa  # 1 kBar = 0.1 GPa; GPa is ASE's eV/A^3 per GPa
 # VASP/pymatgen order xx, yy, zz, xy, yz, zx -> Voigt (1..6) xx, yy, zz, yz, zx, xy
@@ -200,30 +207,50 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.workflows.elastic", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model file, run directory's model.pt, or emt")
-    p.add_argument("--forces", choices=("direct", "conservative"), default=None)
-    p.add_argument("--elastic-set", action="append", required=True,
-                   help="a maml <El>_Elastic.json(.gz) file; repeat per element")
-    p.add_argument("--max-strain", type=float, default=0.02)
-    p.add_argument("--out", default=None, help="JSON file for every number")
-    args = p.parse_args(argv)
-    from analysis.workflows.model import ModelOptions
+@dataclass(frozen=True)
+class ElasticSettings:
+    """Which strain-stress sets to check against (flags of ``python -m analysis elastic``)."""
 
-    model = args.model
-    if Path(model).is_dir():
-        model = str(Path(model) / "model.pt")
-    calc = ModelOptions(model, forces=args.forces).build()
-    sets = [read_strain_set(f, args.max_strain) for f in args.elastic_set]
-    result = compare(sets, calc)
-    print(table(result))
-    if args.out:
-        write_json(Path(args.out), {"model": model, "max_strain": args.max_strain,
-                                    "elements": result}, indent=1)
-    return 0
+    elastic_sets: tuple[str, ...] = setting(
+        (), "maml <El>_Elastic.json(.gz) files, one per element", metavar="FILE"
+    )
+    max_strain: float = setting(
+        0.02, "largest strain component of the cells fitted (the linear regime)"
+    )
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+CONSTANTS = ("C11", "C12", "C44")
+
+
+def run(model: ModelOptions, structures, settings: ElasticSettings, out: Path | None = None):
+    """Lattice constant and cubic constants of the model against each set's DFT.
+
+    Returns:
+        ``{"settings", "elements": compare(...), "metrics"}`` with metrics
+        ``elastic/a_rel_error`` and ``elastic/C_rel_error`` (mean absolute
+        relative errors over the elements; C over C11, C12 and C44) and
+        ``elastic/<El>/<a|C11|C12|C44>`` (the model's values, A and GPa).
+
+    Raises:
+        ValueError: no sets given, or a set without one zero-strain cell.
+    """
+    if not settings.elastic_sets:
+        raise ValueError("elastic: give at least one set (--elastic-sets FILE ...)")
+    sets = [read_strain_set(f, settings.max_strain) for f in settings.elastic_sets]
+    result = compare(sets, model.build())
+    per = {el: r for el, r in result.items() if el != "mean_abs_relative_error"}
+    metrics = {
+        "elastic/a_rel_error": result["mean_abs_relative_error"]["a"],
+        "elastic/C_rel_error": float(np.mean(
+            [abs(r["relative_error"][k]) for r in per.values() for k in CONSTANTS])),
+    }
+    for el, r in per.items():
+        for k in ("a", *CONSTANTS):
+            metrics[f"elastic/{el}/{k}"] = r["model"][k]
+    return write_results(out, {"settings": {"elastic_sets": list(settings.elastic_sets),
+                                            "max_strain": settings.max_strain},
+                               "elements": result, "metrics": metrics})
+
+
+def summary(model: ModelOptions, settings: ElasticSettings, result: dict, out) -> str:
+    return f"elastic {model.spec}\n" + table(result["elements"])

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from analysis.workflows import phonons, practical, relax, speed, symmetry
+from analysis.workflows import elastic, phonons, practical, relax, speed, symmetry
 from analysis.workflows.model import CORRECTIONS, ModelOptions
 from analysis.workflows.settings import check_keys, from_mapping, names
 
@@ -101,6 +101,15 @@ WORKFLOWS: dict[str, Workflow] = {
     ),
     "symmetry": Workflow(
         "symmetry", symmetry.SymmetrySettings, symmetry.run, symmetry.summary, symmetry.__doc__
+    ),
+    # its cells come from the strain-stress sets it is given
+    "elastic": Workflow(
+        "elastic",
+        elastic.ElasticSettings,
+        elastic.run,
+        elastic.summary,
+        elastic.__doc__,
+        structures="none",
     ),
     # only the model: the corrections are what speed times, all of them
     "speed": Workflow(

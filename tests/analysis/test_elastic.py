@@ -19,6 +19,7 @@ from analysis.workflows.elastic import (
     read_strain_set,
     voigt_strain,
 )
+from analysis.workflows.registry import WORKFLOWS
 
 # VASP/pymatgen order of the six stress components: xx, yy, zz, xy, yz, zx
 _VOIGT_TO_VASP = (0, 1, 2, 5, 3, 4)
@@ -91,6 +92,20 @@ def test_model_against_its_own_labels(tmp_path):
     for key in ("C11", "C12", "C44"):
         assert result["relative_error"][key] == pytest.approx(0, abs=0.03), result
     assert result["model"]["a"] == pytest.approx(3.59, abs=0.01)
+
+
+def test_stage_workflow_writes_flat_metrics(tmp_path):
+    path = tmp_path / "Cu_Elastic.json.gz"
+    _emt_elastic_set(path)
+    workflow = WORKFLOWS["elastic"]
+    model, structures, settings = workflow.inputs({"elastic_sets": [str(path)]}, "stage elastic")
+    result = workflow.run(model, structures, settings, tmp_path / "out")
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics == pytest.approx(result["metrics"])
+    assert metrics["elastic/C_rel_error"] < 0.03 and metrics["elastic/a_rel_error"] < 0.01
+    assert metrics["elastic/Cu/C44"] > 0
+    with pytest.raises(ValueError, match="at least one set"):
+        workflow.run(model, None, type(settings)(), None)
 
 
 def test_record_without_stress_is_named(tmp_path):

@@ -31,6 +31,7 @@ OLD_FLAGS = {
     | {"--jacobian-atoms", "--min-atoms", "--md-steps", "--md-timestep", "--md-temperature"}
     | {"--seed"},
     "speed": {"--model", "--sizes", "--rot-l-max", "--repeats", "--element", "--out", "--compare"},
+    "elastic": MODEL_FLAGS | {"--elastic-sets", "--max-strain", "--out"},
     "practical": {"--model", "--test-data", "--out", "--variants", "--num-test", "--speed-atoms"}
     | {"--quick"},
 }
