@@ -393,9 +393,9 @@ def _grid_axes(axes: dict[str, Any]) -> dict[str, list]:
 
 
 def _ema_decay(overrides: list[str]) -> float:
-    """The EMA decay a run's overrides set (the last one wins), else the trainer's."""
-    values = [o.split("=", 1)[1] for o in overrides if o.startswith("trainer.ema_decay=")]
-    return float(values[-1]) if values else TrainerConfig.ema_decay
+    """The EMA decay a run's overrides set, else the trainer's default."""
+    value = _override_value(overrides, "trainer.ema_decay")
+    return float(value) if value is not None else TrainerConfig.ema_decay
 
 
 def _ladder(study, point, name, run_dir, base, stages, waiting) -> RunSpec:
