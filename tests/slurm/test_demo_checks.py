@@ -101,3 +101,22 @@ def test_tuned_points_count_only_the_chosen_run(tmp_path):
     rows = _by_check(checks(tmp_path))
     assert rows["energy learned (pet-direct)"]["met"]
     assert "1 of 1" in rows["convergence"]["measured"]
+
+
+def test_equal_compute_falls_back_to_the_measured_fronts(tmp_path):
+    _summary(tmp_path, "w8_cd0", "pet-direct", "w8", 1_000, 1e4, 0.02, "converged")
+    _fits(tmp_path, [0.1, 0.9], [0.2, 1.0])
+    path = tmp_path / "report" / "fits.json"
+    report = json.loads(path.read_text())
+    report["equal_compute"] = [{"metric": "val/forces_mae", "law": "C", "status": "skipped",
+                                "reason": "the fit of mace is poor"}]
+    # pet direct: better at low compute, worse at high: the fronts cross
+    report["pareto"] = {
+        "pet-direct": {"val/forces_mae": [{"C": 1e9, "L": 0.2}, {"C": 1e11, "L": 0.15}]},
+        "mace": {"val/forces_mae": [{"C": 1e9, "L": 0.3}, {"C": 1e10, "L": 0.1}]},
+    }
+    path.write_text(json.dumps(report))
+    row = _by_check(checks(tmp_path))["equal compute"]
+    assert row["met"] and "the fit of mace is poor" in row["measured"]
+    assert "pet-direct/mace measured fronts 0.67 -> 2.00" in row["measured"]
+    assert "they cross" in row["measured"]
