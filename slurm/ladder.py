@@ -93,7 +93,7 @@ def branch_ema_decay(cooldown_steps: int, decay: float) -> float:
     return min(float(decay), 1.0 - 1.0 / memory)
 
 
-def branch_overrides(branch: Branch, warmup: int, ema_decay: float = 0.99) -> list[str]:
+def branch_overrides(branch: Branch, warmup: int, ema_decay: float) -> list[str]:
     """A branch's schedule: warm-up and constant as the main run, then a linear
     decay from ``branch_step`` to ``total_steps``; six validations over the
     cooldown, so its second half (the convergence window) holds three; an EMA

@@ -30,8 +30,6 @@ measures how well the fit reproduces them, not transfer.
 
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,15 +37,17 @@ import numpy as np
 from ase import Atoms
 from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
+from ase.stress import full_3x3_to_voigt_6_stress
 from ase.units import GPa
 
 from analysis.workflows.model import ModelOptions
 from analysis.workflows.results import write_results
 from analysis.workflows.settings import setting
+from data_pipelines.sources.options import ReaderOptions
+from data_pipelines.sources.pymatgen_json import read_pymatgen_json
 
-KBAR_TO_EV_PER_A3 = 0.1 * GPa  # 1 kBar = 0.1 GPa; GPa is ASE's eV/A^3 per GPa
-# VASP/pymatgen order xx, yy, zz, xy, yz, zx -> Voigt (1..6) xx, yy, zz, yz, zx, xy
-_VASP_TO_VOIGT = (0, 1, 2, 4, 5, 3)
+KEYS = ("a", "C11", "C12", "C44")
+CONSTANTS = KEYS[1:]
 
 
 @dataclass(frozen=True)
@@ -63,17 +63,12 @@ class StrainSet:
 
     @property
     def lattice_constant(self) -> float:
-        return float(np.cbrt(abs(np.linalg.det(self.reference.cell[:]))))
+        return cubic_lattice_constant(self.reference.cell[:])
 
 
-def _atoms(record: dict) -> Atoms:
-    s = record["structure"]
-    return Atoms(
-        symbols=[site["species"][0]["element"] for site in s["sites"]],
-        positions=[site["xyz"] for site in s["sites"]],
-        cell=s["lattice"]["matrix"],
-        pbc=True,
-    )
+def cubic_lattice_constant(cell: np.ndarray) -> float:
+    """Edge of the cube with the cell's volume (the conventional cubic cell's a)."""
+    return float(np.cbrt(abs(np.linalg.det(cell))))
 
 
 def voigt_strain(deformation: np.ndarray) -> np.ndarray:
@@ -88,38 +83,35 @@ def deformation_of(cell: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def read_strain_set(path: str | Path, max_strain: float = 0.02) -> StrainSet:
-    """A maml ``*_Elastic.json.gz`` set: cells whose largest strain component
-    is at most ``max_strain``, as deformations of the zero-strain cubic cell.
+    """A maml ``*_Elastic.json.gz`` set (read by the data pipeline's maml reader,
+    so units, sign and Voigt order are its own): cells whose largest strain
+    component is at most ``max_strain``, as deformations of the zero-strain
+    cubic cell.
 
     Raises:
         ValueError: no single zero-strain cubic cell, or a record without stress.
+        DataError: a malformed record (from the reader, naming file, record, field).
     """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as fh:
-        records = json.load(fh)
-    cells = [np.array(r["structure"]["lattice"]["matrix"], dtype=float) for r in records]
+    structures = list(read_pymatgen_json(Path(path), ReaderOptions()))
+    for s in structures:
+        if s.stress is None:
+            raise ValueError(f"{path}: record {s.source_id}: field outputs.stress missing")
     cubic = [
-        i
-        for i, c in enumerate(cells)
-        if np.allclose(c, np.diag(np.diag(c)), atol=1e-6) and np.ptp(np.diag(c)) < 1e-6
+        s
+        for s in structures
+        if np.allclose(s.cell, np.diag(np.diag(s.cell)), atol=1e-6)
+        and np.ptp(np.diag(s.cell)) < 1e-6
     ]
     if len(cubic) != 1:
         raise ValueError(f"{path}: expected one zero-strain cubic cell, found {len(cubic)}")
-    ref_index = cubic[0]
-    reference = _atoms(records[ref_index])
+    ref = cubic[0]
+    reference = Atoms(numbers=ref.numbers, positions=ref.positions, cell=ref.cell, pbc=ref.pbc)
     deformations, stresses = [], []
-    for i, (record, cell) in enumerate(zip(records, cells)):
-        stress = (record.get("outputs") or {}).get("stress")
-        if stress is None or len(stress) != 6:
-            raise ValueError(f"{path}: record {i} ({record.get('_id')}): field outputs.stress "
-                             "missing or not 6 values")
-        f = deformation_of(cell, reference.cell[:])
-        if np.abs(voigt_strain(f)).max() > max_strain + 1e-6:
-            continue
-        deformations.append(f)
-        vasp = -np.asarray(stress, dtype=float) * KBAR_TO_EV_PER_A3  # compression+ -> ASE
-        stresses.append(vasp[list(_VASP_TO_VOIGT)])
+    for s in structures:
+        f = deformation_of(s.cell, ref.cell)
+        if np.abs(voigt_strain(f)).max() <= max_strain + 1e-6:
+            deformations.append(f)
+            stresses.append(full_3x3_to_voigt_6_stress(s.stress))
     element = reference.get_chemical_symbols()[0]
     return StrainSet(element, reference, np.array(deformations), np.array(stresses))
 
@@ -159,7 +151,7 @@ def relaxed_cell(atoms: Atoms, calc, fmax: float = 1e-4, steps: int = 200) -> At
 def model_constants(data: StrainSet, calc) -> dict:
     """The model's lattice constant and cubic constants on the data's strains."""
     relaxed = relaxed_cell(data.reference, calc)
-    a = float(np.cbrt(abs(np.linalg.det(relaxed.cell[:]))))
+    a = cubic_lattice_constant(relaxed.cell[:])
     stresses = []
     for f in data.deformations:
         atoms = relaxed.copy()
@@ -170,36 +162,37 @@ def model_constants(data: StrainSet, calc) -> dict:
 
 
 def compare(sets: list[StrainSet], calc) -> dict:
-    """Per element: DFT and model values, and the model's relative errors."""
+    """Per element: DFT and model values and the model's relative errors; and
+    ``mean_abs_relative_error`` over the elements."""
     out = {}
     for data in sets:
         ref = {"a": data.lattice_constant, **fit_cubic(data.deformations, data.stresses)}
         mod = model_constants(data, calc)
-        keys = ("a", "C11", "C12", "C44")
         out[data.element] = {
             "num_cells": len(data.deformations),
             "dft": ref,
             "model": mod,
-            "relative_error": {k: (mod[k] - ref[k]) / ref[k] for k in keys},
+            "relative_error": {k: (mod[k] - ref[k]) / ref[k] for k in KEYS},
         }
     if out:
-        for k in ("a", "C11", "C12", "C44"):
-            out.setdefault("mean_abs_relative_error", {})[k] = float(
-                np.mean([abs(v["relative_error"][k]) for v in out.values() if k in
-                         v.get("relative_error", {})])
-            )
+        out["mean_abs_relative_error"] = {
+            k: float(np.mean([abs(r["relative_error"][k]) for r in out.values()])) for k in KEYS
+        }
     return out
+
+
+def elements(result: dict) -> dict:
+    """The per-element entries of a :func:`compare` result."""
+    return {el: r for el, r in result.items() if el != "mean_abs_relative_error"}
 
 
 def table(result: dict) -> str:
     lines = ["element  a DFT/model (A)    C11 DFT/model   C12 DFT/model   C44 DFT/model (GPa)"]
-    for el, r in result.items():
-        if el == "mean_abs_relative_error":
-            continue
+    for el, r in elements(result).items():
         d, m = r["dft"], r["model"]
         lines.append(
             f"{el:7s}  {d['a']:.4f} / {m['a']:.4f}   "
-            + "   ".join(f"{d[k]:6.0f} / {m[k]:6.0f}" for k in ("C11", "C12", "C44"))
+            + "   ".join(f"{d[k]:6.0f} / {m[k]:6.0f}" for k in CONSTANTS)
         )
     mean = result.get("mean_abs_relative_error")
     if mean:
@@ -220,23 +213,20 @@ class ElasticSettings:
     )
 
 
-CONSTANTS = ("C11", "C12", "C44")
-
-
 def stage_metrics(result: dict) -> dict[str, float]:
     """Flat metrics of a :func:`compare` result: ``elastic/a_rel_error`` (mean
     |relative error| of the lattice constant), ``elastic/C_mae_GPa`` (mean
     absolute error of C11, C12 and C44 over the elements: absolute, because a
     soft constant such as PBE Nb's C44 of ~2 GPa would dominate any relative
     mean) and ``elastic/<El>/<a|C11|C12|C44>`` (the model's values)."""
-    per = {el: r for el, r in result.items() if el != "mean_abs_relative_error"}
+    per = elements(result)
     metrics = {
         "elastic/a_rel_error": result["mean_abs_relative_error"]["a"],
         "elastic/C_mae_GPa": float(np.mean(
             [abs(r["model"][k] - r["dft"][k]) for r in per.values() for k in CONSTANTS])),
     }
     for el, r in per.items():
-        for k in ("a", *CONSTANTS):
+        for k in KEYS:
             metrics[f"elastic/{el}/{k}"] = r["model"][k]
     return metrics
 

@@ -119,7 +119,7 @@ def test_record_without_stress_is_named(tmp_path):
     del records[3]["outputs"]["stress"]
     with gzip.open(path, "wt") as fh:
         json.dump(records, fh)
-    with pytest.raises(ValueError, match=r"record 3 .*outputs.stress"):
+    with pytest.raises(ValueError, match=r"Cu_Elastic.json.gz#3: field outputs.stress"):
         read_strain_set(path)
 
 

@@ -29,7 +29,8 @@ def test_ladder_plan():
     assert ladder.branch_ema_decay(16, 0.99) == pytest.approx(0.75)
     assert ladder.branch_ema_decay(2, 0.99) == 0.0
     assert ladder.branch_ema_decay(4000, 0.99) == 0.99
-    assert "trainer.ema_decay=0.75" in ladder.branch_overrides(ladder.Branch(0, 0.5, 80, 16), 0)
+    branch = ladder.Branch(0, 0.5, 80, 16)
+    assert "trainer.ema_decay=0.75" in ladder.branch_overrides(branch, 0, 0.99)
 
 
 def test_tuning_names_and_combinations():
