@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 from slurm.demo_checks import checks, lines
 
@@ -101,6 +102,24 @@ def test_tuned_points_count_only_the_chosen_run(tmp_path):
     rows = _by_check(checks(tmp_path))
     assert rows["energy learned (pet-direct)"]["met"]
     assert "1 of 1" in rows["convergence"]["measured"]
+
+
+def test_energy_is_judged_on_the_energy_envelope(tmp_path):
+    """Where the report chose tuned runs on the energy too, the energy check
+    counts those, not the force envelope's choice."""
+    for lr, energy in (("0.001", 0.2), ("0.003", 0.01)):
+        _summary(tmp_path, f"w8_lr{lr}_cd0", "pet-direct", "w8", 1_000, 1e4, energy,
+                 "converged", tune={"optim.lr": float(lr)})
+    forces_only = {"pet-direct": {"val/forces_mae": [{"chosen": "runs/w8_lr0.001_cd0"}]}}
+    _fits(tmp_path, [0.1, 0.9], [0.2, 1.0], tuned=forces_only)
+    assert not _by_check(checks(tmp_path))["energy learned (pet-direct)"]["met"]
+    shutil.rmtree(tmp_path / "report")
+    both = {"pet-direct": {**forces_only["pet-direct"],
+                           "val/energy_per_atom_mae": [{"chosen": "runs/w8_lr0.003_cd0"}]}}
+    _fits(tmp_path, [0.1, 0.9], [0.2, 1.0], tuned=both)
+    rows = _by_check(checks(tmp_path))
+    assert rows["energy learned (pet-direct)"]["met"]
+    assert "1 of 1" in rows["convergence"]["measured"]  # still the force envelope
 
 
 def test_equal_compute_falls_back_to_the_measured_fronts(tmp_path):
