@@ -194,9 +194,15 @@ def mtt_options(train_xyz: str, val_xyz: str, seed: int = 0) -> dict:
     }
 
 
-def mace_args(train_xyz: str, val_xyz: str, seed: int = 0) -> list[str]:
-    """mace_run_train's arguments: the issue's model, one pass, energy+forces+stress."""
+def mace_args(train_xyz: str, val_xyz: str, seed: int = 0,
+              weights: tuple[float, float, float] | None = None) -> list[str]:
+    """mace_run_train's arguments: the issue's model, one pass, energy+forces+stress.
+    ``weights``: its energy, force and stress loss weights (None: its own defaults,
+    1, 100 and 1)."""
     m = MACE_PEER_MODEL
+    extra = [] if weights is None else [
+        "--energy_weight", str(weights[0]), "--forces_weight", str(weights[1]),
+        "--stress_weight", str(weights[2])]
     return ["--name", "peer", "--train_file", train_xyz, "--valid_file", val_xyz,
             "--model", "MACE", "--hidden_irreps", m["hidden_irreps"],
             "--correlation", str(m["correlation"]),
@@ -205,7 +211,7 @@ def mace_args(train_xyz: str, val_xyz: str, seed: int = 0) -> list[str]:
             "--max_num_epochs", "1", "--device", "cpu", "--E0s", "average",
             "--energy_key", "REF_energy", "--forces_key", "REF_forces",
             "--stress_key", "REF_stress", "--loss", "stress", "--default_dtype", "float32",
-            "--seed", str(seed)]
+            "--seed", str(seed), *extra]
 
 
 def our_args(family: str, forces: str, data: Path, run_dir: Path, fraction: float,

@@ -167,17 +167,20 @@ def run_mtt(py: Path, train_xyz: Path, val_xyz: Path, atoms: int, work: Path) ->
             "model": str(wd / "model.pt")}
 
 
-def run_mace(py: Path, train_xyz: Path, val_xyz: Path, atoms: int, work: Path) -> dict:
+def run_mace(py: Path, train_xyz: Path, val_xyz: Path, atoms: int, work: Path,
+             weights: tuple[float, float, float] | None = None) -> dict:
     wd = work / "mace-run-train"
     shutil.rmtree(wd, ignore_errors=True)
     wd.mkdir(parents=True)
     load = load_average()
     t0, lines = run_stamped([str(py.with_name("mace_run_train")),
-                             *mace_args(str(train_xyz), str(val_xyz))],
+                             *mace_args(str(train_xyz), str(val_xyz), weights=weights)],
                             wd, work / "mace-run-train.log")
     # Its first step follows the validation it runs before training ("Initial:").
     return {"tool": "mace-torch", "family": "mace", "forces": "conservative",
             "load_average": load, "atoms_seen": atoms,
+            "loss_weights": "defaults (energy 1, forces 100, stress 1)" if weights is None
+            else dict(zip(("energy", "forces", "stress"), weights)),
             **timing(t0, first_stamp(lines, r"Initial: "),
                      first_stamp(lines, r"Epoch 0: "), atoms, lines),
             "model": str(wd / "peer.model")}
@@ -268,6 +271,13 @@ def verdicts(runs: dict) -> dict:
     if runs.get("mace") and mace:
         r["mace_train_speedup"] = runs["mace"]["atoms_per_s"] / mace["atoms_per_s"]
         r["mace_params_ratio"] = runs["mace"]["num_params"] / mace["num_params"]
+        if runs["mace"].get("val") and mace.get("val"):
+            ours, theirs = runs["mace"]["val"], mace["val"]
+            for k, key in (("energy", "energy_mae_mev_per_atom"),
+                           ("forces", "forces_mae_mev_per_A")):
+                r[f"mace_{k}_mae_ratio"] = ours[key] / theirs[key]
+            t["our mace energy and force MAE within 20% of mace_run_train's or lower"] = all(
+                r[f"mace_{k}_mae_ratio"] <= 1.2 for k in ("energy", "forces"))
         t["our mace loop >= mace_run_train"] = (
             r["mace_train_speedup"] >= TARGETS["mace_train_speedup"])
     for name in ("pet-direct", "pet-conservative", "mace"):
@@ -283,7 +293,8 @@ def verdicts(runs: dict) -> dict:
 
 def run(num_structures: int = DEFAULT_STRUCTURES, work: Path = WORK,
         only: tuple[str, ...] | None = None,
-        num_val: int | None = DEFAULT_VAL_STRUCTURES) -> dict:
+        num_val: int | None = DEFAULT_VAL_STRUCTURES,
+        mace_weights: tuple[float, float, float] | None = None) -> dict:
     reason = skip_reason()
     if reason:
         return {"skipped": reason}
@@ -321,7 +332,8 @@ def run(num_structures: int = DEFAULT_STRUCTURES, work: Path = WORK,
         ("metatrain-pet", lambda: run_mtt(py, train_xyz, tiny_val, atoms, work)),
         ("pet-conservative", lambda: run_ours("pet-conservative", "pet", "conservative", data,
                                               fraction, n, max_atoms, work)),
-        ("mace-run-train", lambda: run_mace(py, train_xyz, tiny_val, atoms, work)),
+        ("mace-run-train", lambda: run_mace(py, train_xyz, tiny_val, atoms, work,
+                                                    weights=mace_weights)),
         ("mace", lambda: run_ours("mace", "mace", "conservative", data, fraction, n,
                                   max_atoms, work)),
     ]
@@ -367,14 +379,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-structures", type=int, default=DEFAULT_VAL_STRUCTURES,
                    help="validation structures (file order) behind the error columns; 0: all")
     p.add_argument("--only", default=None, help="comma-separated run names")
+    p.add_argument("--work", default=str(WORK),
+                   help="folder for the exported data, the runs and their logs (a longer "
+                        "comparison beside the default one: a folder of its own)")
+    p.add_argument("--mace-weights", default=None, metavar="E,F,S",
+                   help="mace_run_train's energy, force and stress loss weights (default: "
+                        "its own, 1,100,1; our mace trains with 10,1,1)")
     p.add_argument("--inference-only", action="store_true",
                    help="redo only the inference rounds on the models of --out's runs")
     args = p.parse_args(argv)
     if args.inference_only:
         res = rerun_inference(Path(args.out))
     else:
-        res = run(args.structures, only=tuple(args.only.split(",")) if args.only else None,
-                  num_val=args.val_structures or None)
+        res = run(args.structures, work=Path(args.work).resolve(),
+                  only=tuple(args.only.split(",")) if args.only else None,
+                  num_val=args.val_structures or None,
+                  mace_weights=(tuple(float(w) for w in args.mace_weights.split(","))
+                                if args.mace_weights else None))
         if args.only and Path(args.out).exists() and "runs" in res:
             # redo some runs: keep the others of the earlier file beside them
             old = json.loads(Path(args.out).read_text())

@@ -153,6 +153,21 @@ def test_verdicts_name_met_and_missed_targets():
     assert not t["our mace loop >= mace_run_train"]
     assert not t["pet-conservative start-up <= 10 s"] and t["pet-direct start-up <= 10 s"]
     assert t["mace parameters within 10% of the peer"] is False
+    assert t["our mace energy and force MAE within 20% of mace_run_train's or lower"]
+    # 25% above the peer's force error misses, whatever the energy
+    runs["mace"]["val"]["forces_mae_mev_per_A"] = 100.0
+    t = peers.verdicts(runs)["targets"]
+    assert not t["our mace energy and force MAE within 20% of mace_run_train's or lower"]
+    assert peers.verdicts(runs)["ratios"]["mace_forces_mae_ratio"] == pytest.approx(1.25)
+
+
+def test_mace_peer_loss_weights_are_its_defaults_unless_given():
+    plain = dict(zip(*[iter(peers.mace_args("t.xyz", "v.xyz"))] * 2, strict=True))
+    assert "--energy_weight" not in plain and "--forces_weight" not in plain
+    given = dict(zip(*[iter(peers.mace_args("t.xyz", "v.xyz", weights=(10, 1, 1)))] * 2,
+                     strict=True))
+    assert (given["--energy_weight"], given["--forces_weight"], given["--stress_weight"]) == (
+        "10", "1", "1")
 
 
 def test_errors_of_a_calculator_against_its_own_labels(shards):
